@@ -1,0 +1,78 @@
+"""Plain dataclasses for the learning side of a round; transport maps them to protobuf.
+
+Arrays are numpy; transport encodes them as dtype + shape + raw little-endian bytes (never pickle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsa_secure.secagg import messages as sa
+
+
+@dataclass(frozen=True)
+class SelectRequest:
+    """Aggregator -> node: probe images and the student's Grad-CAM maps on them."""
+
+    round: int
+    probe_images: np.ndarray  # float32 [N, C, H, W]
+    student_maps: np.ndarray  # float32 [N, h, w]
+
+
+@dataclass(frozen=True)
+class SelectReply:
+    """Node -> aggregator: one scalar transferability score; nothing else about the teacher leaves."""
+
+    round: int
+    transferability: float
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Aggregator -> cohort node: current student backbone and the secure-aggregation round it joins."""
+
+    round: int
+    student_state: dict[str, np.ndarray]  # backbone parameters, float32
+    weight: float  # w_i, applied by the node before masking
+    secagg: sa.RoundConfig
+
+
+@dataclass(frozen=True)
+class Decline:
+    """Node -> aggregator: the node will not train this round, and why (e.g. budget exhausted)."""
+
+    round: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class PrivacyStatus:
+    """Node -> aggregator after a round: public privacy accounting, for progress and the summary."""
+
+    round: int
+    epsilon: float
+    delta: float
+    target_epsilon: float
+    rounds_trained: int
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Aggregator -> node: the run is over."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Aggregator -> node: nothing to do yet; poll again."""
+
+
+ServerMessage = (
+    SelectRequest | TrainRequest | sa.Roster | sa.ShareDelivery | sa.UnmaskRequest | Shutdown | Wait
+)
+ClientMessage = (
+    SelectReply | Decline | PrivacyStatus | sa.AdvertiseKeys | sa.ShareKeys | sa.MaskedInput | sa.UnmaskResponse
+)

@@ -1,0 +1,91 @@
+"""Plain dataclasses for the secure-aggregation stages; transport maps them to protobuf."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class QuantizationSpec:
+    """Fixed-point encoding: clip to [-clip, clip], map onto integers 0..levels (levels = 2**level_bits)."""
+
+    clip: float
+    level_bits: int
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Everything every participant must agree on; hashed into the session id."""
+
+    round: int
+    participants: tuple[str, ...]  # sorted node names of the cohort
+    threshold: int  # t: minimum survivors to unmask
+    vector_length: int  # m: number of coordinates
+    quantization: QuantizationSpec
+    modulus_bits: int  # b: arithmetic in Z_{2^b}; must satisfy n * 2**level_bits < 2**b
+    nonce: bytes  # 32 random bytes chosen by the aggregator per round (anti-replay)
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys:
+    """Stage 0, node -> aggregator: two X25519 public keys (raw 32 bytes)."""
+
+    sender: str
+    channel_public_key: bytes  # c_pk: for sealing Shamir shares to peers
+    mask_public_key: bytes  # s_pk: for pairwise masks
+
+
+@dataclass(frozen=True)
+class Roster:
+    """Stage 0 -> 1, aggregator -> nodes: every advertisement received."""
+
+    advertisements: tuple[AdvertiseKeys, ...]
+
+
+@dataclass(frozen=True)
+class EncryptedShare:
+    """Stage 1: a sealed pair of Shamir shares (self-mask seed b_i, mask key s_sk_i) for one peer."""
+
+    sender: str
+    recipient: str
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class ShareKeys:
+    """Stage 1, node -> aggregator: one sealed share bundle per peer."""
+
+    sender: str
+    shares: tuple[EncryptedShare, ...]
+
+
+@dataclass(frozen=True)
+class ShareDelivery:
+    """Stage 1 -> 2, aggregator -> node: the bundles addressed to this node."""
+
+    shares: tuple[EncryptedShare, ...]
+
+
+@dataclass(frozen=True)
+class MaskedInput:
+    """Stage 2, node -> aggregator: the masked, bit-packed vector."""
+
+    sender: str
+    packed: bytes
+
+
+@dataclass(frozen=True)
+class UnmaskRequest:
+    """Stage 3 -> 4, aggregator -> nodes: who sent a masked input and who dropped after sharing."""
+
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class UnmaskResponse:
+    """Stage 4, node -> aggregator: b-shares of survivors, s_sk-shares of dropped peers."""
+
+    sender: str
+    self_mask_shares: tuple[tuple[str, bytes], ...]  # (owner, share)
+    mask_key_shares: tuple[tuple[str, bytes], ...]  # (owner, share)
