@@ -24,6 +24,7 @@ class RoundConfig:
     quantization: QuantizationSpec
     modulus_bits: int  # b: arithmetic in Z_{2^b}; must satisfy n * 2**level_bits < 2**b
     nonce: bytes  # 32 random bytes chosen by the aggregator per round (anti-replay)
+    degree: int = 0  # k: neighbours per node in the SecAgg+ graph; 0 means n-1 (classic SecAgg)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,173 @@
+"""Secure-aggregation benchmark: `python -m bench.secagg [--json] [--quick]`.
+
+For each setting (n nodes, k neighbours, `dropped` nodes vanishing after ShareKeys, i.e. the
+costliest case, m coordinates) one full in-memory round runs. Reported: the median client's
+masking time (quantize + masks + pack, inside `masked_input`), the server's unmask time
+(validating the responses and `finish`), the upload of one masked input, the time to expand
+the same number of raw keystream bytes that client's masking consumed (self mask, one stream
+per neighbour, one for stochastic rounding), and mask_efficiency = keystream_s / client_mask_s.
+Per-node traffic sums the payload bytes of every message a node sends and receives.
+If FEDSA_FLOWER_PYTHON names a Python with `flwr` (see bench/peers/README.md), the same
+settings also run through Flower's SecAgg+ code and add flower_* fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsa_secure.crypto import expand_keystreams, random_bytes
+from fedsa_secure.secagg.client import SecAggClient
+from fedsa_secure.secagg.messages import QuantizationSpec, RoundConfig
+from fedsa_secure.secagg.quantize import required_modulus_bits
+from fedsa_secure.secagg.server import SecAggServer
+
+LEVEL_BITS, CLIP = 16, 0.5
+FLOWER_HELPER = Path(__file__).parent / "peers" / "flower_secaggplus.py"
+
+
+def plus_degree(n: int) -> int:
+    """k about 3 log2 n, made feasible: at most n-1, and even when n is odd."""
+    k = min(n - 1, round(3 * math.log2(n)))
+    return k - 1 if (k % 2 and n % 2) else k
+
+
+def settings(quick: bool) -> list[tuple[int, int, int, int]]:
+    """(n, k, dropped, m) grid."""
+    if quick:
+        return [(5, 4, 1, 1000), (6, 3, 1, 1000)]
+    grid = [(50, 11, 10, 1_000_000), (50, 49, 10, 1_000_000)]
+    for n in (10, 25, 50, 100, 200):  # SecAgg vs SecAgg+ scaling at m = 100k, 10% dropped
+        for k in sorted({n - 1, plus_degree(n)}):
+            grid.append((n, k, n // 10, 100_000))
+    return grid
+
+
+def threshold(k: int) -> int:
+    """Smallest t with 2t > k+1: tolerates the most dropouts per neighbourhood."""
+    return (k + 1) // 2 + 1
+
+
+def payload(obj: Any) -> int:
+    """Bytes of all bytes/str content in a message (the part that grows with n, k and m)."""
+    if isinstance(obj, bytes):
+        return len(obj)
+    if isinstance(obj, str):
+        return len(obj.encode("utf-8"))
+    if isinstance(obj, (tuple, list)):
+        return sum(payload(item) for item in obj)
+    if is_dataclass(obj):
+        return sum(payload(getattr(obj, f.name)) for f in fields(obj))
+    return 8  # numbers
+
+
+def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    names = tuple(f"node{i:03d}" for i in range(n))
+    config = RoundConfig(
+        round=1, participants=names, threshold=threshold(k), vector_length=m,
+        quantization=QuantizationSpec(CLIP, LEVEL_BITS), modulus_bits=required_modulus_bits(n, LEVEL_BITS),
+        nonce=random_bytes(32), degree=0 if k == n - 1 else k,
+    )
+    server = SecAggServer(config)
+    clients = {name: SecAggClient(name, config) for name in names}
+    traffic = {name: 0 for name in names}
+    for name, client in clients.items():
+        ad = client.advertise()
+        traffic[name] += payload(ad)
+        server.receive_advertise(ad)
+    roster = server.roster()
+    for name, client in clients.items():
+        shares = client.share_keys(roster)
+        traffic[name] += payload(roster) + payload(shares)
+        server.receive_shares(shares)
+    deliveries = server.deliveries()
+    gone = {names[i] for i in rng.choice(n, size=dropped, replace=False)}
+    vector = rng.uniform(-CLIP, CLIP, m)
+    times: dict[str, float] = {}
+    upload = 0
+    for name in names:
+        if name in gone:
+            continue
+        start = time.perf_counter()
+        masked = clients[name].masked_input(deliveries[name], vector)
+        times[name] = time.perf_counter() - start
+        upload = len(masked.packed)
+        traffic[name] += payload(deliveries[name]) + payload(masked)
+        server.receive_masked(masked)
+    request = server.unmask_request()
+    responses = [clients[name].unmask(request) for name in request.survivors]
+    start = time.perf_counter()
+    for response in responses:
+        server.receive_unmask(response)
+    server.finish()
+    server_unmask = time.perf_counter() - start
+    for response in responses:
+        traffic[response.sender] += payload(request) + payload(response)
+    median_name = sorted(times, key=times.get)[len(times) // 2]
+    streams = 1 + len(clients[median_name].u2)  # self mask + pairwise masks + rounding
+    start = time.perf_counter()
+    expand_keystreams([random_bytes(32) for _ in range(streams)], m)
+    keystream = time.perf_counter() - start
+    client_mask = times[median_name]
+    survivors_traffic = [traffic[name] for name in request.survivors]
+    return {
+        "n": n, "k": k, "t": config.threshold, "dropped": dropped, "m": m, "b": config.modulus_bits,
+        "client_mask_s": round(client_mask, 4), "server_unmask_s": round(server_unmask, 4),
+        "upload_bytes": upload, "upload_bound_bytes": math.ceil(1.05 * m * config.modulus_bits / 8),
+        "keystream_s": round(keystream, 4), "mask_efficiency": round(keystream / client_mask, 3),
+        "node_traffic_bytes": int(statistics.median(survivors_traffic)),
+    }
+
+
+def flower_results(grid: list[tuple[int, int, int, int]]) -> list[dict[str, Any]] | None:
+    """Run the grid through Flower's SecAgg+ in FEDSA_FLOWER_PYTHON, or None if unavailable."""
+    python = os.environ.get("FEDSA_FLOWER_PYTHON")
+    if not python:
+        return None
+    lines = "".join(
+        json.dumps({"n": n, "k": k, "t": threshold(k), "dropped": d, "m": m}) + "\n" for n, k, d, m in grid
+    )
+    done = subprocess.run([python, str(FLOWER_HELPER)], input=lines, capture_output=True, text=True, check=True)
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--quick", action="store_true", help="a tiny grid (seconds)")
+    args = parser.parse_args(argv)
+    grid = settings(args.quick)
+    rows = [run_setting(*setting) for setting in grid]
+    flower = flower_results(grid)
+    if flower is not None:
+        for row, extra in zip(rows, flower):
+            if "flower_error" in extra:
+                row["flower_error"] = extra["flower_error"]
+                continue
+            row.update({key: extra[key] for key in ("flower_client_mask_s", "flower_server_unmask_s", "flower_upload_bytes")})
+            row["flower_num_shares"] = extra["flower_num_shares"]
+            row["unmask_speedup"] = round(row["flower_server_unmask_s"] / row["server_unmask_s"], 1)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return
+    columns = list(rows[0])
+    print(" ".join(f"{c:>14}" for c in columns))
+    for row in rows:
+        print(" ".join(f"{row.get(c, ''):>14}" for c in columns))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,297 @@
+"""The aggregator: owns the student and the probe set, selects cohorts, runs secure rounds.
+
+It only ever holds masked vectors of individual nodes; `SecAggServer.finish` gives it the
+weighted sum, which it amalgamates into the student.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fedsa_secure import messages as msg
+from fedsa_secure.config import AggregatorConfig
+from fedsa_secure.crypto.rand import random_bytes
+from fedsa_secure.data import aggregator_data
+from fedsa_secure.errors import AbortRound, FedsaError, ProtocolError
+from fedsa_secure.fedsa.adapt import adapt, evaluate, scratch
+from fedsa_secure.fedsa.amalgamate import apply_update
+from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
+from fedsa_secure.models import backbone_state, flatten_state, make_student
+from fedsa_secure.secagg import messages as sa
+from fedsa_secure.secagg.quantize import required_modulus_bits
+from fedsa_secure.secagg.server import SecAggServer
+from fedsa_secure.transport.server import FederationServer
+from fedsa_secure.transport.tls import TlsFiles
+
+log = logging.getLogger("fedsa_secure.aggregator")
+METHOD = "fedsa"
+
+
+@dataclass
+class NodeRecord:
+    """What the aggregator knows of a node: only public accounting figures it reported."""
+
+    name: str
+    epsilon: float = 0.0
+    delta: float = 0.0
+    target_epsilon: float = 0.0
+    rounds_trained: int = 0
+    declines: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    cohort: list[str]
+    probabilities: dict[str, float]
+    survivors: list[str]
+    accuracy: float | None
+    seconds: float
+    aborted: str | None = None
+
+
+class Aggregator:
+    """Runs the rounds of DESIGN.md section 2 over a `FederationServer`."""
+
+    def __init__(self, config: AggregatorConfig, report: Callable[[str], None] = print) -> None:
+        self.config = config
+        self.report = report
+        fed = config.federation
+        self.run_dir = Path(config.aggregator.run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.rng = np.random.default_rng(fed.seed)
+        self.probe, self.test = aggregator_data(fed.seed, fed.probe_per_class)
+        self.student = make_student(num_classes=self.probe.num_classes, seed=fed.seed)
+        self.nodes = {name: NodeRecord(name) for name in fed.nodes}
+        self.rounds: list[RoundRecord] = []
+        self.probabilities = {name: 1.0 / len(fed.nodes) for name in fed.nodes}
+        tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
+        tls.load()  # fail on a bad key file before any work
+        self.server = FederationServer(config.aggregator.listen, tls, allowed_nodes=fed.nodes)
+
+    def run(self) -> dict[str, Any]:
+        fed = self.config.federation
+        started = time.perf_counter()
+        scratch_accuracy = evaluate(scratch(self.probe, fed.seed), self.test)
+        self.report(f"scratch baseline (student trained on {len(self.probe)} probe labels only): accuracy {scratch_accuracy:.4f}")
+        port = self.server.start()
+        try:
+            self._announce(port)
+            present = self.server.wait_for(fed.nodes, self.config.aggregator.join_timeout)
+            missing = sorted(set(fed.nodes) - present)
+            if len(present) < fed.cohort_size:
+                raise AbortRound(f"only {len(present)} of {len(fed.nodes)} nodes joined; missing {missing}")
+            if missing:
+                self.report(f"continuing without nodes that did not join: {', '.join(missing)}")
+            adapted = None
+            for round_number in range(1, fed.rounds + 1):
+                adapted = self._round(round_number, sorted(present))
+            if adapted is None or self.rounds[-1].accuracy is None:
+                adapted = adapt(self.student, self.probe, fed.seed)
+            accuracy = evaluate(adapted, self.test)
+        finally:
+            for name in fed.nodes:
+                self.server.send(name, msg.Shutdown(reason="run complete"))
+            time.sleep(min(2.0, self.config.aggregator.stage_timeout))  # let nodes poll the shutdown
+            self.server.stop()
+        summary = self._summary(accuracy, scratch_accuracy, time.perf_counter() - started)
+        self._save(adapted, summary)
+        return summary
+
+    def _announce(self, port: int) -> None:
+        port_file = self.config.aggregator.port_file
+        if port_file is not None:
+            _atomic_write(Path(port_file), str(port))
+        self.report(f"aggregator listening on port {port} (mutual TLS); waiting for {len(self.config.federation.nodes)} nodes")
+
+    def _round(self, number: int, present: list[str]) -> torch.nn.Module | None:
+        fed = self.config.federation
+        started = time.perf_counter()
+        if (number - 1) % fed.select_every == 0:
+            self._select(number, present)
+        names = [n for n in present if n in self.probabilities]
+        probs = np.array([self.probabilities[n] for n in names])
+        cohort = draw_cohort(names, probs / probs.sum(), fed.cohort_size, self.rng)
+        survivors: list[str] = []
+        aborted = None
+        try:
+            survivors = self._secure_round(number, cohort)
+        except (AbortRound, ProtocolError) as exc:
+            aborted = str(exc)
+            self.report(f"round {number}: aborted, student unchanged: {exc}")
+        adapted, accuracy = None, None
+        if number % fed.adapt_every == 0 or number == fed.rounds:
+            adapted = adapt(self.student, self.probe, fed.seed)
+            accuracy = evaluate(adapted, self.test)
+        record = RoundRecord(
+            number, sorted(cohort), {n: float(self.probabilities[n]) for n in names}, survivors, accuracy,
+            time.perf_counter() - started, aborted,
+        )
+        self.rounds.append(record)
+        self.report(self._progress_line(record))
+        return adapted
+
+    def _select(self, number: int, present: list[str]) -> None:
+        maps = gradcam_maps(self.student, self.probe.x)
+        request = msg.SelectRequest(round=number, probe_images=self.probe.x, student_maps=maps)
+        for name in present:
+            self.server.send(name, request)
+        replies = self.server.collect(present, msg.SelectReply, self.config.aggregator.stage_timeout)
+        names = sorted(replies)
+        if len(names) < self.config.federation.cohort_size:
+            raise AbortRound(f"only {len(names)} nodes answered selection in round {number}")
+        self._record_privacy(names)
+        scores = [replies[n].transferability for n in names]
+        self.probabilities = dict(zip(names, map(float, selection_probabilities(scores))))
+
+    def _secure_round(self, number: int, cohort: list[str]) -> list[str]:
+        """Send the student to the cohort and securely sum their weighted updates into it."""
+        state = backbone_state(self.student)
+        config = self._secagg_config(number, cohort, flatten_state(state).size)
+        weight = 1.0 / len(cohort)
+        for name in cohort:
+            self.server.send(name, msg.TrainRequest(round=number, student_state=state, weight=weight, secagg=config))
+        server = SecAggServer(config)
+        timeout = self.config.aggregator.stage_timeout
+        for name, reply in self.server.collect(cohort, (sa.AdvertiseKeys, msg.Decline), timeout).items():
+            if isinstance(reply, msg.Decline):
+                self.nodes[name].declines.append(reply.reason)
+                self.report(f"round {number}: {reply.reason}")
+            else:
+                _accept(server.receive_advertise, reply, name)
+        roster = server.roster()
+        members = [a.sender for a in roster.advertisements]
+        for name in members:
+            self.server.send(name, roster)
+        for name, reply in self.server.collect(members, sa.ShareKeys, timeout).items():
+            _accept(server.receive_shares, reply, name)
+        deliveries = server.deliveries()
+        for name, delivery in deliveries.items():
+            self.server.send(name, delivery)
+        masked = self.server.collect(deliveries, sa.MaskedInput, timeout)
+        for name, reply in masked.items():
+            _accept(server.receive_masked, reply, name)
+        self._dump_masked(number, masked)
+        request = server.unmask_request()
+        for name in request.survivors:
+            self.server.send(name, request)
+        for name, reply in self.server.collect(request.survivors, sa.UnmaskResponse, timeout).items():
+            _accept(server.receive_unmask, reply, name)
+        total = server.finish()
+        # Weights were 1/|cohort| before masking; rescale so dropouts do not shrink the step.
+        total *= len(cohort) / len(request.survivors)
+        self._dump(f"aggregate-r{number}.npy", total)
+        apply_update(self.student, total)
+        self._record_privacy(request.survivors)
+        return list(request.survivors)
+
+    def _record_privacy(self, names: list[str] | tuple[str, ...]) -> None:
+        """Nodes send a PrivacyStatus with every selection reply and after every round they trained in."""
+        for name, status in self.server.collect(names, msg.PrivacyStatus, self.config.aggregator.stage_timeout).items():
+            record = self.nodes[name]
+            record.epsilon, record.delta = status.epsilon, status.delta
+            record.target_epsilon, record.rounds_trained = status.target_epsilon, status.rounds_trained
+
+    def _secagg_config(self, number: int, cohort: list[str], length: int) -> sa.RoundConfig:
+        spec = sa.QuantizationSpec(clip=self.config.secagg.clip, level_bits=self.config.secagg.level_bits)
+        return sa.RoundConfig(
+            round=number,
+            participants=tuple(sorted(cohort)),
+            threshold=self.config.threshold,
+            vector_length=length,
+            quantization=spec,
+            modulus_bits=required_modulus_bits(len(cohort), spec.level_bits),
+            nonce=random_bytes(32),
+        )
+
+    def _progress_line(self, record: RoundRecord) -> str:
+        fed = self.config.federation
+        cohort = " ".join(f"{n}(p={record.probabilities.get(n, 0):.2f})" for n in record.cohort)
+        spent = " ".join(f"{n}={r.epsilon:.2f}" for n, r in self.nodes.items())
+        accuracy = "-" if record.accuracy is None else f"{record.accuracy:.4f}"
+        return (
+            f"round {record.round}/{fed.rounds} | cohort {cohort} | epsilon {spent} | "
+            f"accuracy {accuracy} | {record.seconds:.1f}s"
+        )
+
+    def _summary(self, accuracy: float, scratch_accuracy: float, seconds: float) -> dict[str, Any]:
+        return {
+            "method": METHOD,
+            "student_accuracy": accuracy,
+            "scratch_accuracy": scratch_accuracy,
+            "rounds": len(self.rounds),
+            "run_dir": str(self.run_dir.resolve()),
+            "seconds": seconds,
+            "nodes": [
+                {k: v for k, v in asdict(r).items() if k != "declines"} | {"declines": len(r.declines)}
+                for r in self.nodes.values()
+            ],
+            "history": [asdict(r) for r in self.rounds],
+            "secagg": {"clip": self.config.secagg.clip, "level_bits": self.config.secagg.level_bits,
+                       "threshold": self.config.threshold},
+            "probe_size": len(self.probe),
+            "test_size": len(self.test),
+        }
+
+    def _save(self, adapted: torch.nn.Module, summary: dict[str, Any]) -> None:
+        _atomic_torch_save(adapted.state_dict(), self.run_dir / "student.pt")
+        metadata = {
+            "method": METHOD,
+            "architecture": type(adapted).__name__,
+            "num_classes": self.probe.num_classes,
+            "input_shape": list(self.probe.x.shape[1:]),
+            "accuracy": summary["student_accuracy"],
+            "rounds": summary["rounds"],
+            "dataset": self.config.federation.dataset,
+            "seed": self.config.federation.seed,
+        }
+        _atomic_write(self.run_dir / "student.json", json.dumps(metadata, indent=2))
+        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+
+    def _dump(self, name: str, array: np.ndarray) -> None:
+        dump_dir = self.config.testing.dump_dir
+        if dump_dir is not None:
+            Path(dump_dir).mkdir(parents=True, exist_ok=True)
+            np.save(Path(dump_dir) / name, array)
+
+    def _dump_masked(self, number: int, masked: dict[str, msg.ClientMessage]) -> None:
+        for name, reply in masked.items():
+            assert isinstance(reply, sa.MaskedInput)
+            self._dump(f"masked-r{number}-{name}.npy", np.frombuffer(reply.packed, dtype=np.uint8))
+
+
+def _accept(receive: Callable[[Any], None], message: Any, sender: str) -> None:
+    """Feed one node's message to the secagg server; a bad message drops that node, not the round."""
+    try:
+        claimed = getattr(message, "sender", sender)
+        if claimed != sender:
+            raise ProtocolError(f"message claims sender {claimed!r} but arrived over {sender!r}'s TLS identity")
+        receive(message)
+    except ProtocolError as exc:
+        log.warning("dropping %s from the round: %s", sender, exc)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(text, encoding="utf-8")
+    os.replace(temp, path)
+
+
+def _atomic_torch_save(state: dict[str, torch.Tensor], path: Path) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, temp)
+    os.replace(temp, path)
+
+
+def run_aggregator(config: AggregatorConfig, report: Callable[[str], None] = print) -> dict[str, Any]:
+    return Aggregator(config, report).run()

@@ -1,0 +1,134 @@
+"""The `fedsa-secure` command: demo, keys, aggregator, node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from fedsa_secure.errors import FedsaError
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.handler(args) or 0
+    except FedsaError as exc:
+        print(f"fedsa-secure {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fedsa-secure {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedsa-secure", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run a 4-node federation on load_digits, one process per party")
+    demo.add_argument("--out", type=Path, help="run directory (default runs/<timestamp>)")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data split and models (default 0)")
+    demo.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per node (default 8)")
+    demo.set_defaults(handler=_demo)
+
+    keys = commands.add_parser("keys", help="federation CA and certificates")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    ca = key_commands.add_parser("ca", help="create a federation CA (ca.pem, ca.key)")
+    ca.add_argument("--out", type=Path, required=True)
+    ca.add_argument("--name", default="fedsa-federation-ca")
+    ca.set_defaults(handler=_keys_ca)
+    issue = key_commands.add_parser("issue", help="issue a key pair and certificate for a party (CA side)")
+    issue.add_argument("--ca", type=Path, required=True, help="directory holding ca.pem and ca.key")
+    issue.add_argument("--name", required=True, help="party name: the certificate's common name")
+    issue.add_argument("--out", type=Path, required=True)
+    issue.add_argument("--host", action="append", default=[], help="DNS name or IP the party serves on (repeatable)")
+    issue.set_defaults(handler=_keys_issue)
+    request = key_commands.add_parser("request", help="create a private key and signing request (party side)")
+    request.add_argument("--name", required=True)
+    request.add_argument("--out", type=Path, required=True)
+    request.set_defaults(handler=_keys_request)
+    sign = key_commands.add_parser("sign", help="sign a party's request with the CA (CA side)")
+    sign.add_argument("--ca", type=Path, required=True, help="directory holding ca.pem and ca.key")
+    sign.add_argument("--csr", type=Path, required=True)
+    sign.add_argument("--out", type=Path, required=True)
+    sign.add_argument("--host", action="append", default=[])
+    sign.set_defaults(handler=_keys_sign)
+
+    for role in ("aggregator", "node"):
+        party = commands.add_parser(role, help=f"run one {role} from a TOML config")
+        party.add_argument("--config", type=Path, required=True)
+        party.set_defaults(handler=_aggregator if role == "aggregator" else _node)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from fedsa_secure.demo import DemoOptions, format_table, run_demo
+
+    summary = run_demo(DemoOptions(out=args.out, rounds=args.rounds, seed=args.seed, target_epsilon=args.epsilon))
+    print()
+    print(format_table(summary))
+    print(f"\nstudent, ledgers and summary in {summary['run_dir']} ({summary['seconds']:.0f}s)")
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
+def _keys_ca(args: argparse.Namespace) -> int:
+    from fedsa_secure.crypto.pki import create_ca
+
+    cert, key = create_ca(args.out, name=args.name)
+    print(f"CA certificate {cert}\nCA private key {key} (keep it offline)")
+    return 0
+
+
+def _keys_issue(args: argparse.Namespace) -> int:
+    from fedsa_secure.crypto.pki import issue_certificate
+
+    cert, key = issue_certificate(args.ca / "ca.pem", args.ca / "ca.key", args.name, args.out, hosts=args.host)
+    print(f"certificate {cert}\nprivate key {key}")
+    return 0
+
+
+def _keys_request(args: argparse.Namespace) -> int:
+    from fedsa_secure.crypto.pki import create_signing_request
+
+    csr, key = create_signing_request(args.name, args.out)
+    print(f"signing request {csr} (send it to the CA)\nprivate key {key} (never leaves this machine)")
+    return 0
+
+
+def _keys_sign(args: argparse.Namespace) -> int:
+    from fedsa_secure.crypto.pki import sign_request
+
+    cert = sign_request(args.ca / "ca.pem", args.ca / "ca.key", args.csr, args.out, hosts=args.host)
+    print(f"certificate {cert} (send it back with ca.pem)")
+    return 0
+
+
+def _aggregator(args: argparse.Namespace) -> int:
+    from fedsa_secure.aggregator import run_aggregator
+    from fedsa_secure.config import load_aggregator_config
+
+    config = load_aggregator_config(args.config)
+    summary = run_aggregator(config, report=lambda line: print(line, flush=True))
+    print(f"done: student accuracy {summary['student_accuracy']:.4f} (scratch {summary['scratch_accuracy']:.4f})", flush=True)
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from fedsa_secure.config import load_node_config
+    from fedsa_secure.node import run_node
+
+    run_node(load_node_config(args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

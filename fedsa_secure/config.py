@@ -1,0 +1,210 @@
+"""Frozen configuration loaded from TOML and validated with errors that name the key.
+
+Each TOML table maps onto one frozen dataclass. A field's `metadata` may carry `range`
+(inclusive bounds) or `choices`; a field without a default is required. Unknown keys,
+missing keys, wrong types and out-of-range values all stop with a `ConfigError` that names
+the file, the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fedsa_secure.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def _range(lo: float | None, hi: float | None) -> dict[str, Any]:
+    return {"range": (lo, hi)}
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    """Paths to the federation CA certificate and this party's certificate and private key."""
+
+    ca_cert: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class SecAggConfig:
+    """Fixed-point encoding and threshold of the secure sum."""
+
+    clip: float = field(default=0.5, metadata=_range(1e-6, 1e6))
+    level_bits: int = field(default=16, metadata=_range(2, 24))
+    threshold: int = field(default=0, metadata=_range(0, 10_000))  # 0: derive from the cohort size
+
+
+@dataclass(frozen=True)
+class AggregatorSection:
+    listen: str
+    run_dir: Path
+    port_file: Path | None = None
+    join_timeout: float = field(default=180.0, metadata=_range(1, 86_400))
+    stage_timeout: float = field(default=120.0, metadata=_range(1, 86_400))
+
+
+@dataclass(frozen=True)
+class FederationSection:
+    nodes: tuple[str, ...]
+    dataset: str = field(default="digits", metadata={"choices": ("digits",)})
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    rounds: int = field(default=5, metadata=_range(1, 10_000))
+    cohort_size: int = field(default=3, metadata=_range(1, 10_000))
+    min_cohort: int = field(default=3, metadata=_range(3, 10_000))
+    select_every: int = field(default=1, metadata=_range(1, 10_000))
+    adapt_every: int = field(default=1, metadata=_range(1, 10_000))
+    probe_per_class: int = field(default=5, metadata=_range(1, 100))
+
+
+@dataclass(frozen=True)
+class TestingSection:
+    """Test-only switches; never set them in a real deployment (they write plaintext to disk)."""
+
+    dump_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    aggregator: AggregatorSection
+    federation: FederationSection
+    tls: TlsConfig
+    secagg: SecAggConfig = SecAggConfig()
+    testing: TestingSection = TestingSection()
+
+    @property
+    def threshold(self) -> int:
+        """t: survivors needed to unmask; never below min_cohort (a sum of two reveals each to the other)."""
+        cohort = self.federation.cohort_size
+        return self.secagg.threshold or max(self.federation.min_cohort, cohort // 2 + 1)
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    name: str
+    aggregator: str
+    run_dir: Path
+    server_name: str | None = None
+    poll_wait: float = field(default=5.0, metadata=_range(0.1, 60))
+    rpc_timeout: float = field(default=120.0, metadata=_range(1, 3_600))
+
+
+@dataclass(frozen=True)
+class DataSection:
+    dataset: str = field(default="digits", metadata={"choices": ("digits",)})
+    seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+
+
+@dataclass(frozen=True)
+class PrivacySection:
+    target_epsilon: float = field(default=8.0, metadata=_range(0.01, 1_000))
+    delta: float = field(default=1e-5, metadata=_range(1e-12, 0.1))
+    planned_rounds: int = field(default=5, metadata=_range(1, 10_000))
+    accountant: str = field(default="prv", metadata={"choices": ("prv", "rdp")})
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node: NodeSection
+    tls: TlsConfig
+    data: DataSection = DataSection()
+    privacy: PrivacySection = PrivacySection()
+    testing: TestingSection = TestingSection()
+
+
+def load_aggregator_config(path: Path) -> AggregatorConfig:
+    config = _load(path, AggregatorConfig)
+    fed = config.federation
+    if len(set(fed.nodes)) != len(fed.nodes) or not fed.nodes:
+        raise ConfigError(f"{path}: federation.nodes must list distinct node names, got {list(fed.nodes)}")
+    if not fed.min_cohort <= fed.cohort_size <= len(fed.nodes):
+        raise ConfigError(
+            f"{path}: federation.cohort_size is {fed.cohort_size}; it must lie between "
+            f"federation.min_cohort ({fed.min_cohort}) and the number of nodes ({len(fed.nodes)})"
+        )
+    if not fed.min_cohort <= config.threshold <= fed.cohort_size:
+        raise ConfigError(
+            f"{path}: secagg.threshold is {config.threshold}; it must lie between "
+            f"federation.min_cohort ({fed.min_cohort}) and federation.cohort_size ({fed.cohort_size})"
+        )
+    return config
+
+
+def load_node_config(path: Path) -> NodeConfig:
+    return _load(path, NodeConfig)
+
+
+def _load(path: Path, schema: type[T]) -> T:
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return _build(schema, raw, where="", path=Path(path))
+
+
+def _build(schema: type[T], raw: Any, where: str, path: Path) -> T:
+    label = where or "the top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [{where}] must be a table")
+    hints = typing.get_type_hints(schema)
+    fields = {f.name: f for f in dataclasses.fields(schema)}  # type: ignore[arg-type]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {_key(where, unknown[0])!r} in {label}; allowed keys: {', '.join(sorted(fields))}"
+        )
+    values: dict[str, Any] = {}
+    for name, spec in fields.items():
+        key = _key(where, name)
+        if name not in raw:
+            if spec.default is dataclasses.MISSING:
+                raise ConfigError(f"{path}: missing required key {key!r}")
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw[name], key, path)
+        else:
+            values[name] = _coerce(raw[name], hint, key, path, spec.metadata)
+    return schema(**values)
+
+
+def _key(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _coerce(value: Any, hint: Any, key: str, path: Path, meta: Any) -> Any:
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) and type(None) in args:
+        (hint,) = [a for a in args if a is not type(None)]
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {key!r} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: {key!r} must be a path string, got {value!r}")
+        return (path.parent / value) if not Path(value).is_absolute() else Path(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, hint) or isinstance(value, bool) != (hint is bool):
+        raise ConfigError(f"{path}: {key!r} must be of type {hint.__name__}, got {value!r}")
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(f"{path}: {key!r} is {value!r}; allowed values: {', '.join(meta['choices'])}")
+    if "range" in meta:
+        lo, hi = meta["range"]
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ConfigError(f"{path}: {key!r} is {value!r}; allowed range: {lo} to {hi}")
+    return value

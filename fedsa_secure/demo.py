@@ -1,0 +1,151 @@
+"""`fedsa-secure demo`: a whole federation on this machine, one OS process per party.
+
+It does by script what examples/README.md does by hand: make a CA and certificates, write
+one TOML file per party, start the aggregator, then the nodes, relay the aggregator's
+per-round progress and print the result table.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from fedsa_secure.crypto.pki import create_ca, issue_certificate
+from fedsa_secure.data import DEMO_NODES
+from fedsa_secure.errors import FedsaError
+
+AGGREGATOR = "aggregator"
+HOSTS = ("localhost", "127.0.0.1")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: Path | None = None
+    rounds: int = 5
+    seed: int = 0
+    target_epsilon: float = 8.0
+    delta: float = 1e-5
+    dump_dir: Path | None = None  # test-only: nodes and aggregator write plaintext/masked vectors here
+    startup_timeout: float = 120.0
+
+
+def default_run_dir() -> Path:
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, (Path, str)):
+        return json.dumps(str(value))
+    return repr(value)
+
+
+def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
+    lines = []
+    for table, values in tables.items():
+        lines.append(f"[{table}]")
+        lines += [f"{key} = {toml_value(value)}" for key, value in values.items() if value is not None]
+        lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def make_keys(keys_dir: Path, names: list[str]) -> tuple[Path, dict[str, tuple[Path, Path]]]:
+    """A fresh federation CA and one certificate per party (the demo plays every party)."""
+    ca_cert, ca_key = create_ca(keys_dir)
+    issued = {name: issue_certificate(ca_cert, ca_key, name, keys_dir, hosts=HOSTS) for name in names}
+    return ca_cert, issued
+
+
+def write_configs(run_dir: Path, options: DemoOptions, ca: Path, certs: dict[str, tuple[Path, Path]]) -> tuple[Path, dict[str, Path]]:
+    config_dir = run_dir / "config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    testing = {"dump_dir": options.dump_dir.resolve()} if options.dump_dir else {}
+    cert, key = certs[AGGREGATOR]
+    aggregator = write_toml(config_dir / "aggregator.toml", {
+        "aggregator": {"listen": "127.0.0.1:0", "run_dir": run_dir.resolve(), "port_file": (run_dir / "aggregator.port").resolve()},
+        "federation": {"nodes": list(DEMO_NODES), "seed": options.seed, "rounds": options.rounds},
+        "tls": {"ca_cert": ca.resolve(), "cert": cert.resolve(), "key": key.resolve()},
+        "testing": testing,
+    })
+    nodes = {}
+    for name in DEMO_NODES:
+        cert, key = certs[name]
+        nodes[name] = write_toml(config_dir / f"{name}.toml", {
+            "node": {"name": name, "aggregator": "127.0.0.1:PORT", "run_dir": run_dir.resolve(), "server_name": AGGREGATOR},
+            "data": {"seed": options.seed},
+            "privacy": {"target_epsilon": options.target_epsilon, "delta": options.delta, "planned_rounds": options.rounds},
+            "tls": {"ca_cert": ca.resolve(), "cert": cert.resolve(), "key": key.resolve()},
+            "testing": testing,
+        })
+    return aggregator, nodes
+
+
+def _spawn(args: list[str], log: TextIO | int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedsa_secure.cli", *args],
+        stdout=log, stderr=subprocess.STDOUT if log is subprocess.PIPE else log, text=True,
+    )
+
+
+def _wait_for_port(port_file: Path, process: subprocess.Popen, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            return int(port_file.read_text())
+        if process.poll() is not None:
+            raise FedsaError("the aggregator exited before it started listening; see its output above")
+        time.sleep(0.1)
+    raise FedsaError(f"the aggregator did not start listening within {timeout:.0f}s")
+
+
+def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
+    run_dir = options.out or default_run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    print(f"run directory: {run_dir}", file=echo, flush=True)
+    ca, certs = make_keys(run_dir / "keys", [AGGREGATOR, *DEMO_NODES])
+    aggregator_toml, node_tomls = write_configs(run_dir, options, ca, certs)
+    logs = run_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    processes: list[subprocess.Popen] = []
+    try:
+        aggregator = _spawn(["aggregator", "--config", str(aggregator_toml)], subprocess.PIPE)
+        processes.append(aggregator)
+        port = _wait_for_port(run_dir / "aggregator.port", aggregator, options.startup_timeout)
+        for name, path in node_tomls.items():
+            path.write_text(path.read_text().replace("127.0.0.1:PORT", f"127.0.0.1:{port}"))
+            processes.append(_spawn(["-v", "node", "--config", str(path)], open(logs / f"{name}.log", "w")))
+        assert aggregator.stdout is not None
+        for line in aggregator.stdout:
+            print(line.rstrip(), file=echo, flush=True)
+        if aggregator.wait() != 0:
+            raise FedsaError(f"the aggregator failed (exit {aggregator.returncode}); node logs are in {logs}")
+        for process in processes[1:]:
+            process.wait(timeout=30)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = [
+        f"{'method':<34} {'test accuracy':>13}",
+        f"{'Scratch (probe labels only)':<34} {summary['scratch_accuracy']:>13.4f}",
+        f"{'FedSA (' + summary['method'] + ', DP + SecAgg + mTLS)':<34} {summary['student_accuracy']:>13.4f}",
+        "",
+        f"{'node':<10} {'epsilon':>8} {'budget':>8} {'delta':>8} {'rounds trained':>15}",
+    ]
+    rows += [
+        f"{n['name']:<10} {n['epsilon']:>8.3f} {n['target_epsilon']:>8.2f} {n['delta']:>8.0e} {n['rounds_trained']:>15}"
+        for n in summary["nodes"]
+    ]
+    return "\n".join(rows)

@@ -1,0 +1,57 @@
+"""Student and teacher: one small GroupNorm CNN family (GroupNorm keeps Opacus per-sample gradients exact)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+STUDENT_WIDTH = 16
+TEACHER_WIDTH = 32
+
+
+def norm_groups(channels: int) -> int:
+    """Largest of 8, 4, 2, 1 groups that divides `channels`."""
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(norm_groups(c_out), c_out), nn.ReLU()]
+
+
+class ConvNet(nn.Module):
+    """`features` (the backbone, last block = Grad-CAM / FitNets layer) then a linear `head` on pooled features.
+
+    On 8x8 inputs `features` returns [B, 2*width, 4, 4].
+    """
+
+    def __init__(self, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_block(1, width),
+            *_conv_block(width, 2 * width),
+            nn.MaxPool2d(2),
+            *_conv_block(2 * width, 2 * width),
+        )
+        self.feature_channels = 2 * width
+        self.head = nn.Linear(self.feature_channels, num_classes)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from last-block features (split out so Grad-CAM can differentiate w.r.t. them)."""
+        return self.head(features.mean(dim=(2, 3)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(self.features(x))
+
+
+def make_student(num_classes: int = 10, seed: int = 0) -> ConvNet:
+    """A freshly initialised student; the seed fixes the initial weights."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return ConvNet(STUDENT_WIDTH, num_classes)
+
+
+def make_teacher(num_classes: int, seed: int) -> ConvNet:
+    """A freshly initialised (wider) teacher for a node's task."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return ConvNet(TEACHER_WIDTH, num_classes)

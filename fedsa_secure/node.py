@@ -1,0 +1,165 @@
+"""One node: its teacher, its private data, a DP trainer, a privacy ledger and a secagg client.
+
+The node dials the aggregator and answers what it is asked. Nothing about the teacher or
+the data leaves except one transferability scalar per selection and the masked proxy update.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsa_secure import messages as msg
+from fedsa_secure.config import NodeConfig
+from fedsa_secure.data import node_data, task_input
+from fedsa_secure.errors import FedsaError, ProtocolError
+from fedsa_secure.fedsa.distill import DPDistiller, DPSettings
+from fedsa_secure.fedsa.saliency import gradcam_maps, transferability
+from fedsa_secure.fedsa.teacher import load_or_train_teacher
+from fedsa_secure.privacy.accounting import library_versions
+from fedsa_secure.privacy.ledger import Ledger
+from fedsa_secure.secagg import messages as sa
+from fedsa_secure.secagg.client import SecAggClient
+from fedsa_secure.transport.client import AggregatorClient
+from fedsa_secure.transport.tls import TlsFiles
+
+log = logging.getLogger("fedsa_secure.node")
+
+
+class Node:
+    """Serves the aggregator's requests until it says the run is over."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.name = config.node.name
+        self.tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
+        self.tls.load()  # fail on a bad key file now, not after training the teacher
+        run_dir = Path(config.node.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.data = node_data(self.name, config.data.seed)
+        started = time.perf_counter()
+        self.teacher = load_or_train_teacher(self.data, run_dir / "teachers" / f"{self.name}.pt", config.data.seed)
+        log.info("%s: teacher for task %s ready in %.1fs", self.name, self.data.task, time.perf_counter() - started)
+        privacy = config.privacy
+        self.distiller = DPDistiller(
+            self.teacher,
+            self.data,
+            DPSettings(
+                target_epsilon=privacy.target_epsilon,
+                delta=privacy.delta,
+                planned_rounds=privacy.planned_rounds,
+                accountant=privacy.accountant,
+            ),
+            seed=config.data.seed,
+        )
+        self.ledger = Ledger(run_dir / "ledgers" / f"{self.name}.jsonl")
+        self.dump_dir = config.testing.dump_dir
+        if self.dump_dir is not None:
+            log.warning("%s: TEST MODE: plaintext updates are written to %s", self.name, self.dump_dir)
+        self._secagg: SecAggClient | None = None
+        self._update: np.ndarray | None = None
+        self._round = 0
+
+    def run(self) -> None:
+        node = self.config.node
+        with AggregatorClient(node.aggregator, self.tls, rpc_timeout=node.rpc_timeout, server_name=node.server_name) as client:
+            log.info("%s: connected to %s", self.name, node.aggregator)
+            while True:
+                request = client.poll(wait=node.poll_wait)
+                if isinstance(request, msg.Shutdown):
+                    log.info("%s: aggregator ended the run: %s", self.name, request.reason)
+                    return
+                for reply in self._handle(request):
+                    client.send(reply)
+
+    def _handle(self, request: msg.ServerMessage) -> list[msg.ClientMessage]:
+        """Answer one request; a protocol violation drops this node from the round, never crashes it."""
+        try:
+            match request:
+                case msg.Wait():
+                    return []
+                case msg.SelectRequest():
+                    return [self._select(request), self._status()]
+                case msg.TrainRequest():
+                    return [self._train(request)]
+                case sa.Roster():
+                    return [self._client().share_keys(request)]
+                case sa.ShareDelivery():
+                    client = self._client()
+                    assert self._update is not None  # set together with the client in _train
+                    return [client.masked_input(request, self._update)]
+                case sa.UnmaskRequest():
+                    response = self._client().unmask(request)
+                    self._secagg, self._update = None, None
+                    return [response, self._status()]
+        except FedsaError as exc:
+            log.warning("%s: leaving round %d: %s", self.name, self._round, exc)
+            self._secagg, self._update = None, None
+        return []
+
+    def _client(self) -> SecAggClient:
+        if self._secagg is None:
+            raise ProtocolError("secure-aggregation message outside a round this node joined")
+        return self._secagg
+
+    def _select(self, request: msg.SelectRequest) -> msg.SelectReply:
+        maps = gradcam_maps(self.teacher, task_input(self.data.task, request.probe_images), size=request.student_maps.shape[-1])
+        score = transferability(request.student_maps, maps)
+        log.info("%s: round %d transferability %.4f", self.name, request.round, score)
+        return msg.SelectReply(round=request.round, transferability=float(score))
+
+    def _train(self, request: msg.TrainRequest) -> msg.ClientMessage:
+        self._round = request.round
+        if not self.distiller.fits_budget():
+            reason = (
+                f"{self.name} declines round {request.round}: one more round would spend epsilon "
+                f"{self.distiller.epsilon_if_trained():.3f} > budget {self.config.privacy.target_epsilon}"
+            )
+            log.info(reason)
+            return msg.Decline(round=request.round, reason=reason)
+        started = time.perf_counter()
+        result = self.distiller.train_round(request.student_state)
+        self.ledger.append(  # write-ahead: the charge is on disk before the update can leave
+            {
+                "node": self.name,
+                "round": request.round,
+                "time": time.time(),
+                "noise_multiplier": result.noise_multiplier,
+                "sample_rate": result.sample_rate,
+                "steps": result.steps,
+                "max_grad_norm": result.max_grad_norm,
+                "delta": result.delta,
+                "accountant": result.accountant,
+                "epsilon": result.epsilon,
+                "target_epsilon": self.config.privacy.target_epsilon,
+                "versions": library_versions(),
+            }
+        )
+        log.info(
+            "%s: round %d trained in %.1fs, loss %.4f, epsilon %.3f",
+            self.name, request.round, time.perf_counter() - started, result.train_loss, result.epsilon,
+        )
+        self._update = (request.weight * result.update).astype(np.float64)
+        if self.dump_dir is not None:
+            Path(self.dump_dir).mkdir(parents=True, exist_ok=True)
+            np.save(Path(self.dump_dir) / f"update-r{request.round}-{self.name}.npy", self._update)
+        self._secagg = SecAggClient(self.name, request.secagg)
+        return self._secagg.advertise()
+
+    def _status(self) -> msg.PrivacyStatus:
+        return msg.PrivacyStatus(
+            round=self._round,
+            epsilon=float(self.distiller.epsilon),
+            delta=self.config.privacy.delta,
+            target_epsilon=self.config.privacy.target_epsilon,
+            rounds_trained=self.distiller.rounds_trained,
+        )
+
+
+def run_node(config: NodeConfig) -> None:
+    torch.set_num_threads(1)  # several node processes share the machine's cores
+    Node(config).run()

@@ -1,0 +1,78 @@
+"""Shamir t-of-n secret sharing of 32-byte secrets over GF(p), p = 2**521 - 1.
+
+No library in our dependency set provides this, so it is written here, deliberately small.
+A secret s (read as a 256-bit big-endian integer, well below p) is the constant term of a
+random polynomial f of degree t-1; the share for x is f(x). Any t shares determine f(0) = s
+by Lagrange interpolation; t-1 shares are consistent with every secret, so reveal nothing.
+Coefficients come from `secrets` (the OS CSPRNG).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+
+from fedsa_secure.errors import AbortRound, IntegrityError, ProtocolError
+
+PRIME = 2**521 - 1  # Mersenne prime: 521 bits of field for 256 bits of secret
+SECRET_SIZE = 32
+SHARE_SIZE = (PRIME.bit_length() + 7) // 8  # 66 bytes: f(x) big-endian, fixed length
+
+
+def split(secret: bytes, threshold: int, xs: Sequence[int]) -> list[bytes]:
+    """Shares of `secret` at each x in `xs` (distinct, 1 <= x < p); any `threshold` reconstruct it."""
+    if len(secret) != SECRET_SIZE:
+        raise ValueError(f"Shamir secrets are {SECRET_SIZE} bytes, got {len(secret)}")
+    if not 1 <= threshold <= len(xs):
+        raise ValueError(f"threshold must be in 1..{len(xs)} (number of shares), got {threshold}")
+    _check_xs(xs)
+    coefficients = [int.from_bytes(secret, "big")] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)]
+    return [_evaluate(coefficients, x).to_bytes(SHARE_SIZE, "big") for x in xs]
+
+
+def combine(points: Sequence[tuple[int, bytes]], threshold: int) -> bytes:
+    """Reconstruct the secret from at least `threshold` (x, share) points.
+
+    Uses the first `threshold` points. AbortRound if there are too few; IntegrityError if the
+    interpolated value cannot be a 32-byte secret (shares inconsistent or tampered).
+    """
+    if len(points) < threshold:
+        raise AbortRound(f"need {threshold} shares to reconstruct a secret, have {len(points)}")
+    used = points[:threshold]
+    xs = [x for x, _ in used]
+    _check_xs(xs)
+    ys = [_decode_share(share) for _, share in used]
+    value = 0
+    for j, (x_j, y_j) in enumerate(zip(xs, ys)):
+        numerator, denominator = 1, 1
+        for k, x_k in enumerate(xs):
+            if k != j:
+                numerator = numerator * x_k % PRIME
+                denominator = denominator * (x_k - x_j) % PRIME
+        value = (value + y_j * numerator * pow(denominator, -1, PRIME)) % PRIME
+    if value >> (8 * SECRET_SIZE):
+        raise IntegrityError("Shamir shares are inconsistent: the reconstructed value is not a secret")
+    return value.to_bytes(SECRET_SIZE, "big")
+
+
+def _evaluate(coefficients: list[int], x: int) -> int:
+    result = 0
+    for coefficient in reversed(coefficients):  # Horner
+        result = (result * x + coefficient) % PRIME
+    return result
+
+
+def _check_xs(xs: Sequence[int]) -> None:
+    if len(set(xs)) != len(xs):
+        raise ProtocolError("Shamir x-coordinates must be distinct")
+    if any(not 0 < x < PRIME for x in xs):
+        raise ProtocolError("Shamir x-coordinates must be in 1..p-1")
+
+
+def _decode_share(share: bytes) -> int:
+    if len(share) != SHARE_SIZE:
+        raise ProtocolError(f"a Shamir share is {SHARE_SIZE} bytes, got {len(share)}")
+    value = int.from_bytes(share, "big")
+    if value >= PRIME:
+        raise ProtocolError("a Shamir share is not a field element")
+    return value

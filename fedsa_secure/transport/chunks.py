@@ -1,0 +1,34 @@
+"""Split envelopes into chunks below gRPC's message limit and join them back, with a size cap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from fedsa_secure.errors import ProtocolError
+from fedsa_secure.proto import federation_pb2 as pb
+
+CHUNK_BYTES = 1 << 20  # 1 MiB, well under the 4 MiB default gRPC limit
+MAX_MESSAGE_BYTES = 1 << 30  # refuse to buffer more than 1 GiB for a single envelope
+GRPC_MESSAGE_LIMIT = 4 * CHUNK_BYTES  # per gRPC message (one chunk plus framing)
+
+
+def split(data: bytes, epoch: int = 0, sequence: int = 0) -> Iterator[pb.Chunk]:
+    """Yield chunks of `data`; an empty payload still yields one chunk so the receiver sees a message."""
+    view = memoryview(data)
+    for start in range(0, max(len(data), 1), CHUNK_BYTES):
+        yield pb.Chunk(data=bytes(view[start : start + CHUNK_BYTES]), epoch=epoch, sequence=sequence)
+
+
+def join(chunks: Iterable[pb.Chunk], limit: int = MAX_MESSAGE_BYTES) -> tuple[bytes, pb.Chunk | None]:
+    """Concatenate chunk payloads; returns (data, first chunk or None if the stream was empty)."""
+    parts: list[bytes] = []
+    size = 0
+    first: pb.Chunk | None = None
+    for chunk in chunks:
+        if first is None:
+            first = chunk
+        size += len(chunk.data)
+        if size > limit:
+            raise ProtocolError(f"message exceeds the {limit >> 20} MiB limit; send smaller tensors")
+        parts.append(chunk.data)
+    return b"".join(parts), first

@@ -1,0 +1,128 @@
+"""A node's connection to the aggregator: it dials out (so nodes may sit behind firewalls) and long-polls for work."""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+
+import grpc
+
+from fedsa_secure import messages as m
+from fedsa_secure.crypto import pki
+from fedsa_secure.errors import TransportError
+from fedsa_secure.proto import federation_pb2 as pb
+from fedsa_secure.proto import federation_pb2_grpc as pb_grpc
+from fedsa_secure.transport import chunks
+from fedsa_secure.transport.serde import decode_server, encode_client
+from fedsa_secure.transport.tls import TlsFiles
+
+log = logging.getLogger(__name__)
+
+CLIENT_OPTIONS = [
+    ("grpc.max_receive_message_length", chunks.GRPC_MESSAGE_LIMIT),
+    ("grpc.max_send_message_length", chunks.GRPC_MESSAGE_LIMIT),
+    ("grpc.keepalive_time_ms", 30_000),  # >= the server's min_recv_ping_interval, or it sends GOAWAY
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+_MAX_BACKOFF = 10.0
+_TLS_HINTS = ("ssl", "tls", "handshake", "certificate", "cert", "alert")
+
+
+class AggregatorClient:
+    """Mutual-TLS client; every RPC has a deadline and failures become TransportError."""
+
+    def __init__(
+        self,
+        address: str,
+        tls: TlsFiles,
+        rpc_timeout: float = 60.0,
+        server_name: str | None = None,
+        *,
+        poll_retries: int = 5,
+        retry_backoff: float = 0.5,
+    ) -> None:
+        ca, cert, key = tls.load()
+        self.name = pki.common_name(cert)
+        self._address = address
+        self._rpc_timeout = rpc_timeout
+        self._poll_retries = poll_retries
+        self._retry_backoff = retry_backoff
+        options = list(CLIENT_OPTIONS)
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+        self._channel = grpc.secure_channel(address, credentials, options=options)
+        self._stub = pb_grpc.FederationStub(self._channel)
+        self._ack = (0, 0)  # (server epoch, sequence) of the last queued message received
+
+    def poll(self, wait: float = 5.0) -> m.ServerMessage:
+        """Next message for this node, or Wait() if none arrived within `wait` seconds.
+
+        UNAVAILABLE (aggregator restarting, network blip) is retried with exponential backoff, a bounded
+        number of times; nothing is lost because the server keeps a message until the next poll acknowledges it.
+        """
+        request = pb.PollRequest(wait_seconds=wait, ack_epoch=self._ack[0], ack_sequence=self._ack[1])
+        delay = self._retry_backoff
+        for attempt in range(self._poll_retries + 1):
+            try:
+                data, first = chunks.join(self._stub.Poll(request, timeout=wait + self._rpc_timeout))
+                break
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._poll_retries:
+                    raise self._error(err, "poll", wait + self._rpc_timeout) from None
+                log.info("aggregator at %s unavailable, retrying in %.1fs", self._address, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+        if first is None:
+            raise TransportError(f"aggregator at {self._address} ended a poll without a message; is it shutting down?")
+        message = decode_server(data)
+        if first.sequence:
+            self._ack = (first.epoch, first.sequence)
+        return message
+
+    def send(self, message: m.ClientMessage) -> None:
+        """Upload one message, streamed in chunks. Not retried: the aggregator may already have it."""
+        data = encode_client(message)
+        try:
+            self._stub.Send(chunks.split(data), timeout=self._rpc_timeout)
+        except grpc.RpcError as err:
+            raise self._error(err, "send", self._rpc_timeout) from None
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AggregatorClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _error(self, err: grpc.RpcError, action: str, timeout: float) -> TransportError:
+        """Turn a gRPC status into a message that says what to check."""
+        code: grpc.StatusCode = err.code()
+        details = err.details() or "no details"
+        where = f"aggregator at {self._address}"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            if any(hint in details.lower() for hint in _TLS_HINTS):
+                return TransportError(
+                    f"TLS handshake with {where} failed ({details}); check that node {self.name!r} has a "
+                    "certificate from the federation CA, that the CA file is the federation's, and that the "
+                    "aggregator's certificate names the host you dial (or set server_name)"
+                )
+            return TransportError(
+                f"cannot reach {where}: is it running and is the address right? A firewall or a certificate "
+                f"rejected by the aggregator can also cause this ({details})"
+            )
+        if code in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            return TransportError(f"{where} refused node {self.name!r}: {details}")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return TransportError(
+                f"{where} did not complete {action} within {timeout:.0f}s; it may be overloaded or the network slow"
+            )
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return TransportError(f"{where} rejected the {action}: {details}")
+        return TransportError(f"{action} to {where} failed with {code.name}: {details}")

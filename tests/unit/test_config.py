@@ -1,0 +1,110 @@
+"""Config files: unknown, missing and out-of-range keys stop with a message naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from fedsa_secure.config import load_aggregator_config, load_node_config
+from fedsa_secure.errors import ConfigError
+
+AGGREGATOR = """
+[aggregator]
+listen = "127.0.0.1:0"
+run_dir = "run"
+
+[federation]
+nodes = ["node-1", "node-2", "node-3", "node-4"]
+rounds = 4
+
+[tls]
+ca_cert = "keys/ca.pem"
+cert = "keys/aggregator.pem"
+key = "keys/aggregator.key"
+"""
+
+NODE = """
+[node]
+name = "node-1"
+aggregator = "127.0.0.1:5000"
+run_dir = "run"
+
+[tls]
+ca_cert = "/abs/ca.pem"
+cert = "keys/node-1.pem"
+key = "keys/node-1.key"
+
+[privacy]
+target_epsilon = 4
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_aggregator_config_resolves_paths_and_defaults(tmp_path):
+    config = load_aggregator_config(write(tmp_path, AGGREGATOR))
+    assert config.federation.rounds == 4
+    assert config.federation.cohort_size == 3
+    assert config.aggregator.run_dir == tmp_path / "run"
+    assert config.tls.key == tmp_path / "keys/aggregator.key"
+    assert config.threshold == 3
+    assert config.secagg.level_bits == 16
+
+
+def test_valid_node_config_coerces_int_to_float(tmp_path):
+    config = load_node_config(write(tmp_path, NODE))
+    assert config.privacy.target_epsilon == 4.0 and isinstance(config.privacy.target_epsilon, float)
+    assert config.tls.ca_cert == Path("/abs/ca.pem")
+    assert config.privacy.delta == 1e-5
+
+
+def test_unknown_key_names_key_and_allowed_keys(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_aggregator_config(write(tmp_path, AGGREGATOR.replace("rounds = 4", "roundz = 4")))
+    assert "federation.roundz" in str(err.value) and "rounds" in str(err.value)
+
+
+def test_unknown_table_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'extra'"):
+        load_node_config(write(tmp_path, NODE + "\n[extra]\na = 1\n"))
+
+
+def test_missing_required_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="missing required key 'node.aggregator'"):
+        load_node_config(write(tmp_path, NODE.replace('aggregator = "127.0.0.1:5000"', "")))
+
+
+def test_out_of_range_value_names_range(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_node_config(write(tmp_path, NODE.replace("target_epsilon = 4", "target_epsilon = -1")))
+    assert "privacy.target_epsilon" in str(err.value) and "allowed range" in str(err.value)
+
+
+def test_bad_choice_lists_allowed_values(tmp_path):
+    with pytest.raises(ConfigError, match="allowed values: prv, rdp"):
+        load_node_config(write(tmp_path, NODE + 'accountant = "gdp"\n'))
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="'federation.rounds' must be of type int"):
+        load_aggregator_config(write(tmp_path, AGGREGATOR.replace("rounds = 4", 'rounds = "four"')))
+
+
+def test_cohort_larger_than_federation_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="cohort_size"):
+        load_aggregator_config(write(tmp_path, AGGREGATOR.replace("rounds = 4", "rounds = 4\ncohort_size = 5")))
+
+
+def test_cohort_below_three_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="federation.min_cohort"):
+        load_aggregator_config(write(tmp_path, AGGREGATOR.replace("rounds = 4", "rounds = 4\nmin_cohort = 2")))
+
+
+def test_missing_and_invalid_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_node_config(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_node_config(write(tmp_path, "[node\n"))

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from fedsa_secure.data import LabelledSet, NodeData, node_data
+from fedsa_secure.errors import BudgetExhausted, ConfigError
+from fedsa_secure.fedsa.distill import DPDistiller, DPSettings
+from fedsa_secure.fedsa.teacher import train_teacher
+from fedsa_secure.models import backbone_state, flatten_state, make_student
+from fedsa_secure.privacy.accounting import epsilon_of, extend_history, library_versions
+
+torch.set_num_threads(1)  # 2 shared cores: oversubscribed intra-op threads make training ~30x slower
+
+
+@pytest.fixture(scope="module")
+def small_node() -> NodeData:
+    full = node_data("node-1", 0)
+    return NodeData(full.name, full.task, LabelledSet(full.train.x[:120], full.train.y[:120], 5))
+
+
+@pytest.fixture(scope="module")
+def teacher(small_node):
+    return train_teacher(small_node, seed=0)
+
+
+@pytest.fixture(scope="module")
+def student_state():
+    return backbone_state(make_student(seed=0))
+
+
+SETTINGS = DPSettings(target_epsilon=4.0, planned_rounds=2, local_epochs=1, batch_size=30, accountant="rdp")
+
+
+def test_epsilon_composes_over_rounds_and_the_budget_is_enforced(teacher, small_node, student_state):
+    d = DPDistiller(teacher, small_node, SETTINGS, seed=0, mechanism_seed=1)
+    assert d.sample_rate == 0.25 and d.steps_per_round == 4 and d.epsilon == 0.0
+    predicted = d.epsilon_if_trained()
+    assert d.epsilon == 0.0 and d.history == []  # asking did not spend anything
+    r1 = d.train_round(student_state)
+    assert r1.epsilon == predicted == d.epsilon > 0
+    predicted = d.epsilon_if_trained()
+    r2 = d.train_round(student_state)
+    assert r2.epsilon == predicted and r1.epsilon < r2.epsilon <= SETTINGS.target_epsilon
+    assert d.rounds_trained == 2 and not d.fits_budget()
+    history = d.history
+    with pytest.raises(BudgetExhausted, match="declines"):
+        d.train_round(student_state)
+    assert d.history == history and d.rounds_trained == 2 and d.epsilon == r2.epsilon
+
+
+def test_round_result_describes_the_mechanism_and_the_backbone_delta(teacher, small_node, student_state):
+    d = DPDistiller(teacher, small_node, SETTINGS, seed=0, mechanism_seed=1)
+    r = d.train_round(student_state)
+    assert r.update.dtype == np.float32 and r.update.shape == flatten_state(student_state).shape
+    assert np.all(np.isfinite(r.update)) and np.linalg.norm(r.update) > 0 and np.isfinite(r.train_loss)
+    assert (r.noise_multiplier, r.sample_rate, r.steps) == (d.noise_multiplier, 0.25, 4)
+    assert (r.max_grad_norm, r.delta, r.accountant) == (1.0, 1e-5, "rdp")
+    same = DPDistiller(teacher, small_node, SETTINGS, seed=0, mechanism_seed=1).train_round(student_state)
+    assert np.array_equal(same.update, r.update)  # reproducible only because the mechanism seed is fixed
+    other = DPDistiller(teacher, small_node, SETTINGS, seed=0, mechanism_seed=2).train_round(student_state)
+    assert not np.array_equal(other.update, r.update)
+
+
+def test_prv_calibration_lands_at_most_at_the_target(teacher, small_node, student_state):
+    settings = DPSettings(target_epsilon=8.0, planned_rounds=1, local_epochs=1, batch_size=30, accountant="prv")
+    d = DPDistiller(teacher, small_node, settings, seed=0)
+    assert d.fits_budget()
+    eps = d.train_round(student_state).epsilon
+    assert 7.9 <= eps <= 8.0
+    with pytest.raises(BudgetExhausted):
+        d.train_round(student_state)
+
+
+def test_a_single_record_node_survives_empty_poisson_batches(teacher, small_node, student_state):
+    tiny = NodeData("node-1", "digits-0-4", LabelledSet(small_node.train.x[:2], small_node.train.y[:2], 5))
+    settings = DPSettings(planned_rounds=1, local_epochs=2, batch_size=1, accountant="rdp")
+    r = DPDistiller(teacher, tiny, settings, seed=0, mechanism_seed=3).train_round(student_state)
+    assert np.all(np.isfinite(r.update)) and r.steps == 4
+
+
+def test_history_helpers_merge_like_opacus():
+    h = extend_history([], 1.1, 0.25, 4)
+    assert h == [(1.1, 0.25, 4)]
+    assert extend_history(h, 1.1, 0.25, 4) == [(1.1, 0.25, 8)]
+    assert extend_history(h, 1.2, 0.25, 4) == [(1.1, 0.25, 4), (1.2, 0.25, 4)]
+    assert epsilon_of([], 1e-5, "prv") == 0.0
+    assert epsilon_of([(1.1, 0.25, 8)], 1e-5, "rdp") > epsilon_of([(1.1, 0.25, 4)], 1e-5, "rdp")
+    assert set(library_versions()) == {"torch", "opacus", "dp_accounting", "numpy"}
+
+
+@pytest.mark.parametrize(
+    "field, value", [("target_epsilon", 0.0), ("delta", 1.0), ("planned_rounds", 0), ("accountant", "gdp")]
+)
+def test_invalid_settings_are_config_errors(field, value):
+    with pytest.raises(ConfigError, match=field):
+        DPSettings(**{field: value})

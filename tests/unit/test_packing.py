@@ -1,0 +1,53 @@
+"""Bit-packing: exact size, round trip, canonical encoding, length validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedsa_secure.crypto import keystream_words
+from fedsa_secure.errors import ProtocolError
+from fedsa_secure.secagg.packing import pack, packed_size, unpack
+
+
+def _values(count: int, bits: int) -> np.ndarray:
+    return keystream_words(bits.to_bytes(32, "big"), count) & np.uint32((1 << bits) - 1)
+
+
+@pytest.mark.parametrize("bits", [1, 3, 7, 8, 13, 16, 19, 24, 31, 32])
+@pytest.mark.parametrize("count", [0, 1, 7, 1001])
+def test_round_trip(bits: int, count: int) -> None:
+    values = _values(count, bits)
+    data = pack(values, bits)
+    assert len(data) == (count * bits + 7) // 8 == packed_size(count, bits)
+    out = unpack(data, bits, count)
+    assert out.dtype == np.uint32
+    assert np.array_equal(out, values)
+
+
+def test_known_layout_little_endian_bits() -> None:
+    assert pack(np.array([1, 2, 3], dtype=np.uint32), 2) == bytes([0b00111001])
+    assert pack(np.array([0x0102], dtype=np.uint32), 16) == b"\x02\x01"
+
+
+@pytest.mark.parametrize("bits", [5, 8, 32])
+def test_wrong_length_rejected(bits: int) -> None:
+    data = pack(_values(11, bits), bits)
+    with pytest.raises(ProtocolError, match="bytes"):
+        unpack(data[:-1], bits, 11)
+    with pytest.raises(ProtocolError, match="bytes"):
+        unpack(data + b"\x00", bits, 11)
+
+
+def test_non_zero_padding_rejected() -> None:
+    data = bytearray(pack(np.array([1, 2, 3], dtype=np.uint32), 5))  # 15 bits in 2 bytes
+    data[-1] |= 0x80
+    with pytest.raises(ProtocolError, match="padding"):
+        unpack(bytes(data), 5, 3)
+
+
+def test_out_of_range_values_rejected() -> None:
+    with pytest.raises(ValueError):
+        pack(np.array([8], dtype=np.uint32), 3)
+    with pytest.raises(ValueError):
+        pack(np.array([-1], dtype=np.int64), 3)
