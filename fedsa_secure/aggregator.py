@@ -26,6 +26,7 @@ from fedsa_secure.fedsa.adapt import adapt, evaluate, scratch
 from fedsa_secure.fedsa.amalgamate import apply_update
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
 from fedsa_secure.models import backbone_state, flatten_state, make_student
+from fedsa_secure.plots import plot_progress
 from fedsa_secure.secagg import messages as sa
 from fedsa_secure.secagg.quantize import required_modulus_bits
 from fedsa_secure.secagg.server import SecAggServer
@@ -56,6 +57,7 @@ class RoundRecord:
     survivors: list[str]
     accuracy: float | None
     seconds: float
+    epsilon: dict[str, float]  # each node's cumulative epsilon after this round
     aborted: str | None = None
 
 
@@ -81,7 +83,8 @@ class Aggregator:
     def run(self) -> dict[str, Any]:
         fed = self.config.federation
         started = time.perf_counter()
-        scratch_accuracy = evaluate(scratch(self.probe, fed.seed), self.test)
+        self.saliency_model = scratch(self.probe, fed.seed)
+        scratch_accuracy = evaluate(self.saliency_model, self.test)
         self.report(f"scratch baseline (student trained on {len(self.probe)} probe labels only): accuracy {scratch_accuracy:.4f}")
         port = self.server.start()
         try:
@@ -132,16 +135,18 @@ class Aggregator:
         if number % fed.adapt_every == 0 or number == fed.rounds:
             adapted = adapt(self.student, self.probe, fed.seed)
             accuracy = evaluate(adapted, self.test)
+            self.saliency_model = adapted
         record = RoundRecord(
             number, sorted(cohort), {n: float(self.probabilities[n]) for n in names}, survivors, accuracy,
-            time.perf_counter() - started, aborted,
+            time.perf_counter() - started, {n: r.epsilon for n, r in self.nodes.items()}, aborted,
         )
         self.rounds.append(record)
         self.report(self._progress_line(record))
         return adapted
 
     def _select(self, number: int, present: list[str]) -> None:
-        maps = gradcam_maps(self.student, self.probe.x)
+        # Grad-CAM needs a trained head: use the latest adapted student (Scratch before round 1).
+        maps = gradcam_maps(self.saliency_model, self.probe.x)
         request = msg.SelectRequest(round=number, probe_images=self.probe.x, student_maps=maps)
         for name in present:
             self.server.send(name, request)
@@ -256,6 +261,7 @@ class Aggregator:
         }
         _atomic_write(self.run_dir / "student.json", json.dumps(metadata, indent=2))
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        plot_progress(summary, self.run_dir / "progress.png")
 
     def _dump(self, name: str, array: np.ndarray) -> None:
         dump_dir = self.config.testing.dump_dir
@@ -294,4 +300,5 @@ def _atomic_torch_save(state: dict[str, torch.Tensor], path: Path) -> None:
 
 
 def run_aggregator(config: AggregatorConfig, report: Callable[[str], None] = print) -> dict[str, Any]:
+    torch.set_num_threads(1)  # small models; nodes may share this machine's cores
     return Aggregator(config, report).run()

@@ -35,7 +35,7 @@ class DPSettings:
     planned_rounds: int = 6
     local_epochs: int = 2
     batch_size: int = 64
-    learning_rate: float = 2e-3
+    learning_rate: float = 1e-3
     accountant: str = "prv"
 
     def __post_init__(self) -> None:

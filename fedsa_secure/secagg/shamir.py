@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from functools import lru_cache
 
 from fedsa_secure.errors import AbortRound, IntegrityError, ProtocolError
 
@@ -42,17 +43,25 @@ def combine(points: Sequence[tuple[int, bytes]], threshold: int) -> bytes:
     xs = [x for x, _ in used]
     _check_xs(xs)
     ys = [_decode_share(share) for _, share in used]
-    value = 0
-    for j, (x_j, y_j) in enumerate(zip(xs, ys)):
+    value = sum(y * weight for y, weight in zip(ys, _lagrange_at_zero(tuple(xs)))) % PRIME
+    if value >> (8 * SECRET_SIZE):
+        raise IntegrityError("Shamir shares are inconsistent: the reconstructed value is not a secret")
+    return value.to_bytes(SECRET_SIZE, "big")
+
+
+@lru_cache(maxsize=64)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """Lagrange weights of f(0) for these x-coordinates; cached because a round reconstructs
+    every secret of a neighbourhood from the same set of responders."""
+    weights = []
+    for j, x_j in enumerate(xs):
         numerator, denominator = 1, 1
         for k, x_k in enumerate(xs):
             if k != j:
                 numerator = numerator * x_k % PRIME
                 denominator = denominator * (x_k - x_j) % PRIME
-        value = (value + y_j * numerator * pow(denominator, -1, PRIME)) % PRIME
-    if value >> (8 * SECRET_SIZE):
-        raise IntegrityError("Shamir shares are inconsistent: the reconstructed value is not a secret")
-    return value.to_bytes(SECRET_SIZE, "big")
+        weights.append(numerator * pow(denominator, -1, PRIME) % PRIME)
+    return tuple(weights)
 
 
 def _evaluate(coefficients: list[int], x: int) -> int:
