@@ -121,6 +121,7 @@ class Aggregator:
         started = time.perf_counter()
         if (number - 1) % fed.select_every == 0:
             self._select(number, present)
+            log.info("round %d: selection took %.2fs", number, time.perf_counter() - started)
         names = [n for n in present if n in self.probabilities]
         probs = np.array([self.probabilities[n] for n in names])
         cohort = draw_cohort(names, probs / probs.sum(), fed.cohort_size, self.rng)
@@ -136,6 +137,7 @@ class Aggregator:
             adapted = adapt(self.student, self.probe, fed.seed)
             accuracy = evaluate(adapted, self.test)
             self.saliency_model = adapted
+            log.info("round %d: adapted after %.2fs", number, time.perf_counter() - started)
         record = RoundRecord(
             number, sorted(cohort), {n: float(self.probabilities[n]) for n in names}, survivors, accuracy,
             time.perf_counter() - started, {n: r.epsilon for n, r in self.nodes.items()}, aborted,
@@ -150,16 +152,17 @@ class Aggregator:
         request = msg.SelectRequest(round=number, probe_images=self.probe.x, student_maps=maps)
         for name in present:
             self.server.send(name, request)
-        replies = self.server.collect(present, msg.SelectReply, self.config.aggregator.stage_timeout)
+        replies = self.server.collect(present, msg.SelectReply, self.config.aggregator.stage_timeout, round=number)
         names = sorted(replies)
         if len(names) < self.config.federation.cohort_size:
             raise AbortRound(f"only {len(names)} nodes answered selection in round {number}")
-        self._record_privacy(names)
+        self._record_privacy(names, number)
         scores = [replies[n].transferability for n in names]
         self.probabilities = dict(zip(names, map(float, selection_probabilities(scores))))
 
     def _secure_round(self, number: int, cohort: list[str]) -> list[str]:
         """Send the student to the cohort and securely sum their weighted updates into it."""
+        started = time.perf_counter()
         state = backbone_state(self.student)
         config = self._secagg_config(number, cohort, flatten_state(state).size)
         weight = 1.0 / len(cohort)
@@ -167,41 +170,46 @@ class Aggregator:
             self.server.send(name, msg.TrainRequest(round=number, student_state=state, weight=weight, secagg=config))
         server = SecAggServer(config)
         timeout = self.config.aggregator.stage_timeout
-        for name, reply in self.server.collect(cohort, (sa.AdvertiseKeys, msg.Decline), timeout).items():
+        for name, reply in self.server.collect(cohort, (sa.AdvertiseKeys, msg.Decline), timeout, round=number).items():
             if isinstance(reply, msg.Decline):
                 self.nodes[name].declines.append(reply.reason)
                 self.report(f"round {number}: {reply.reason}")
             else:
                 _accept(server.receive_advertise, reply, name)
+        log.info("round %d: keys advertised after %.2fs", number, time.perf_counter() - started)
         roster = server.roster()
         members = [a.sender for a in roster.advertisements]
         for name in members:
             self.server.send(name, roster)
-        for name, reply in self.server.collect(members, sa.ShareKeys, timeout).items():
+        for name, reply in self.server.collect(members, sa.ShareKeys, timeout, round=number).items():
             _accept(server.receive_shares, reply, name)
+        log.info("round %d: shares collected after %.2fs", number, time.perf_counter() - started)
         deliveries = server.deliveries()
         for name, delivery in deliveries.items():
             self.server.send(name, delivery)
-        masked = self.server.collect(deliveries, sa.MaskedInput, timeout)
+        masked = self.server.collect(deliveries, sa.MaskedInput, timeout, round=number)
         for name, reply in masked.items():
             _accept(server.receive_masked, reply, name)
+        log.info("round %d: masked inputs collected after %.2fs", number, time.perf_counter() - started)
         self._dump_masked(number, masked)
         request = server.unmask_request()
         for name in request.survivors:
             self.server.send(name, request)
-        for name, reply in self.server.collect(request.survivors, sa.UnmaskResponse, timeout).items():
+        for name, reply in self.server.collect(request.survivors, sa.UnmaskResponse, timeout, round=number).items():
             _accept(server.receive_unmask, reply, name)
         total = server.finish()
+        log.info("round %d: sum unmasked after %.2fs", number, time.perf_counter() - started)
         # Weights were 1/|cohort| before masking; rescale so dropouts do not shrink the step.
         total *= len(cohort) / len(request.survivors)
         self._dump(f"aggregate-r{number}.npy", total)
         apply_update(self.student, total)
-        self._record_privacy(request.survivors)
+        self._record_privacy(request.survivors, number)
         return list(request.survivors)
 
-    def _record_privacy(self, names: list[str] | tuple[str, ...]) -> None:
+    def _record_privacy(self, names: list[str] | tuple[str, ...], number: int) -> None:
         """Nodes send a PrivacyStatus with every selection reply and after every round they trained in."""
-        for name, status in self.server.collect(names, msg.PrivacyStatus, self.config.aggregator.stage_timeout).items():
+        timeout = self.config.aggregator.stage_timeout
+        for name, status in self.server.collect(names, msg.PrivacyStatus, timeout, round=number).items():
             record = self.nodes[name]
             record.epsilon, record.delta = status.epsilon, status.delta
             record.target_epsilon, record.rounds_trained = status.target_epsilon, status.rounds_trained

@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data split and models (default 0)")
     demo.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per node (default 8)")
+    demo.add_argument("--test-dump-dir", type=Path, help=argparse.SUPPRESS)  # tests only: writes plaintext updates
     demo.set_defaults(handler=_demo)
 
     keys = commands.add_parser("keys", help="federation CA and certificates")
@@ -71,7 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from fedsa_secure.demo import DemoOptions, format_table, run_demo
 
-    summary = run_demo(DemoOptions(out=args.out, rounds=args.rounds, seed=args.seed, target_epsilon=args.epsilon))
+    options = DemoOptions(out=args.out, rounds=args.rounds, seed=args.seed, target_epsilon=args.epsilon,
+                          dump_dir=args.test_dump_dir)
+    summary = run_demo(options)
     print()
     print(format_table(summary))
     print(f"\nstudent, ledgers and summary in {summary['run_dir']} ({summary['seconds']:.0f}s)")

@@ -88,10 +88,12 @@ def write_configs(run_dir: Path, options: DemoOptions, ca: Path, certs: dict[str
     return aggregator, nodes
 
 
-def _spawn(args: list[str], log: TextIO | int) -> subprocess.Popen:
+def _spawn(args: list[str], log_path: Path, relay_stdout: bool = False) -> subprocess.Popen:
+    """Start one party; its log (stderr, verbose) goes to a file, its stdout to us or the same file."""
+    log = open(log_path, "w")
     return subprocess.Popen(
-        [sys.executable, "-m", "fedsa_secure.cli", *args],
-        stdout=log, stderr=subprocess.STDOUT if log is subprocess.PIPE else log, text=True,
+        [sys.executable, "-m", "fedsa_secure.cli", "-v", *args],
+        stdout=subprocess.PIPE if relay_stdout else log, stderr=log, text=True,
     )
 
 
@@ -101,7 +103,7 @@ def _wait_for_port(port_file: Path, process: subprocess.Popen, timeout: float) -
         if port_file.exists():
             return int(port_file.read_text())
         if process.poll() is not None:
-            raise FedsaError("the aggregator exited before it started listening; see its output above")
+            raise FedsaError(f"the aggregator exited before it started listening; see {port_file.parent / 'logs'}")
         time.sleep(0.1)
     raise FedsaError(f"the aggregator did not start listening within {timeout:.0f}s")
 
@@ -116,17 +118,17 @@ def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
     logs.mkdir(exist_ok=True)
     processes: list[subprocess.Popen] = []
     try:
-        aggregator = _spawn(["aggregator", "--config", str(aggregator_toml)], subprocess.PIPE)
+        aggregator = _spawn(["aggregator", "--config", str(aggregator_toml)], logs / "aggregator.log", relay_stdout=True)
         processes.append(aggregator)
         port = _wait_for_port(run_dir / "aggregator.port", aggregator, options.startup_timeout)
         for name, path in node_tomls.items():
             path.write_text(path.read_text().replace("127.0.0.1:PORT", f"127.0.0.1:{port}"))
-            processes.append(_spawn(["-v", "node", "--config", str(path)], open(logs / f"{name}.log", "w")))
+            processes.append(_spawn(["node", "--config", str(path)], logs / f"{name}.log"))
         assert aggregator.stdout is not None
         for line in aggregator.stdout:
             print(line.rstrip(), file=echo, flush=True)
         if aggregator.wait() != 0:
-            raise FedsaError(f"the aggregator failed (exit {aggregator.returncode}); node logs are in {logs}")
+            raise FedsaError(f"the aggregator failed (exit {aggregator.returncode}); its log and the nodes' are in {logs}")
         for process in processes[1:]:
             process.wait(timeout=30)
     finally:

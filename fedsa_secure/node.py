@@ -73,8 +73,9 @@ class Node:
                 if isinstance(request, msg.Shutdown):
                     log.info("%s: aggregator ended the run: %s", self.name, request.reason)
                     return
+                answering = getattr(request, "round", self._round)  # secagg stages belong to the round trained
                 for reply in self._handle(request):
-                    client.send(reply)
+                    client.send(reply, round=answering)
 
     def _handle(self, request: msg.ServerMessage) -> list[msg.ClientMessage]:
         """Answer one request; a protocol violation drops this node from the round, never crashes it."""

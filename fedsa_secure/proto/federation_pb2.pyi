@@ -51,7 +51,7 @@ class QuantizationSpec(_message.Message):
     def __init__(self, clip: _Optional[float] = ..., level_bits: _Optional[int] = ...) -> None: ...
 
 class RoundConfig(_message.Message):
-    __slots__ = ("round", "participants", "threshold", "vector_length", "quantization", "modulus_bits", "nonce")
+    __slots__ = ("round", "participants", "threshold", "vector_length", "quantization", "modulus_bits", "nonce", "degree")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -59,6 +59,7 @@ class RoundConfig(_message.Message):
     QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
     MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    DEGREE_FIELD_NUMBER: _ClassVar[int]
     round: int
     participants: _containers.RepeatedScalarFieldContainer[str]
     threshold: int
@@ -66,7 +67,8 @@ class RoundConfig(_message.Message):
     quantization: QuantizationSpec
     modulus_bits: int
     nonce: bytes
-    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., vector_length: _Optional[int] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., modulus_bits: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    degree: int
+    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., vector_length: _Optional[int] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., modulus_bits: _Optional[int] = ..., nonce: _Optional[bytes] = ..., degree: _Optional[int] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("round", "student_state", "weight", "secagg")
@@ -205,7 +207,7 @@ class ServerEnvelope(_message.Message):
     def __init__(self, select_request: _Optional[_Union[SelectRequest, _Mapping]] = ..., train_request: _Optional[_Union[TrainRequest, _Mapping]] = ..., roster: _Optional[_Union[Roster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ...) -> None: ...
 
 class ClientEnvelope(_message.Message):
-    __slots__ = ("select_reply", "decline", "privacy_status", "advertise_keys", "share_keys", "masked_input", "unmask_response")
+    __slots__ = ("select_reply", "decline", "privacy_status", "advertise_keys", "share_keys", "masked_input", "unmask_response", "round")
     SELECT_REPLY_FIELD_NUMBER: _ClassVar[int]
     DECLINE_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +215,7 @@ class ClientEnvelope(_message.Message):
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     UNMASK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     select_reply: SelectReply
     decline: Decline
     privacy_status: PrivacyStatus
@@ -220,7 +223,8 @@ class ClientEnvelope(_message.Message):
     share_keys: ShareKeys
     masked_input: MaskedInput
     unmask_response: UnmaskResponse
-    def __init__(self, select_reply: _Optional[_Union[SelectReply, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., privacy_status: _Optional[_Union[PrivacyStatus, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeys, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ...) -> None: ...
+    round: int
+    def __init__(self, select_reply: _Optional[_Union[SelectReply, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., privacy_status: _Optional[_Union[PrivacyStatus, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeys, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("data", "epoch", "sequence")

@@ -82,9 +82,12 @@ class AggregatorClient:
             self._ack = (first.epoch, first.sequence)
         return message
 
-    def send(self, message: m.ClientMessage) -> None:
-        """Upload one message, streamed in chunks. Not retried: the aggregator may already have it."""
-        data = encode_client(message)
+    def send(self, message: m.ClientMessage, round: int = 0) -> None:
+        """Upload one message answering a request of `round`, streamed in chunks.
+
+        Not retried: the aggregator may already have it.
+        """
+        data = encode_client(message, round)
         try:
             self._stub.Send(chunks.split(data), timeout=self._rpc_timeout)
         except grpc.RpcError as err:

@@ -31,14 +31,21 @@ def decode_server(data: bytes) -> m.ServerMessage:
     return _decode(pb.ServerEnvelope(), _SERVER_DECODERS, data, "server")
 
 
-def encode_client(msg: m.ClientMessage) -> bytes:
-    """Serialise a node -> aggregator message."""
-    return _encode(pb.ClientEnvelope(), _CLIENT_ENCODERS, msg)
+def encode_client(msg: m.ClientMessage, round: int = 0) -> bytes:
+    """Serialise a node -> aggregator message answering a request of `round` (0: none)."""
+    return _encode(pb.ClientEnvelope(round=round), _CLIENT_ENCODERS, msg)
 
 
 def decode_client(data: bytes) -> m.ClientMessage:
     """Parse a node -> aggregator message."""
-    return _decode(pb.ClientEnvelope(), _CLIENT_DECODERS, data, "client")
+    return decode_client_tagged(data)[1]
+
+
+def decode_client_tagged(data: bytes) -> tuple[int, m.ClientMessage]:
+    """Parse a node -> aggregator message with the round it answers."""
+    envelope = pb.ClientEnvelope()
+    message = _decode(envelope, _CLIENT_DECODERS, data, "client")
+    return envelope.round, message
 
 
 def tensor_to_proto(array: np.ndarray, out: pb.Tensor) -> None:
@@ -211,6 +218,7 @@ def _put_round_config(out: pb.RoundConfig, cfg: sa.RoundConfig) -> None:
     out.quantization.level_bits = cfg.quantization.level_bits
     out.modulus_bits = cfg.modulus_bits
     out.nonce = cfg.nonce
+    out.degree = cfg.degree
 
 
 def _get_round_config(p: pb.RoundConfig) -> sa.RoundConfig:
@@ -223,6 +231,7 @@ def _get_round_config(p: pb.RoundConfig) -> sa.RoundConfig:
         quantization=sa.QuantizationSpec(clip=q.clip, level_bits=q.level_bits),
         modulus_bits=p.modulus_bits,
         nonce=p.nonce,
+        degree=p.degree,
     )
 
 

@@ -23,7 +23,7 @@ from fedsa_secure.errors import ProtocolError, TransportError
 from fedsa_secure.proto import federation_pb2 as pb
 from fedsa_secure.proto import federation_pb2_grpc as pb_grpc
 from fedsa_secure.transport import chunks
-from fedsa_secure.transport.serde import decode_client, encode_server
+from fedsa_secure.transport.serde import decode_client_tagged, encode_server
 from fedsa_secure.transport.tls import TlsFiles
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class FederationServer:
         self._next_seq = 1
         self._cond = threading.Condition()
         self._outbox: defaultdict[str, deque[tuple[int, bytes]]] = defaultdict(deque)
-        self._inbox: defaultdict[str, list[m.ClientMessage]] = defaultdict(list)
+        self._inbox: defaultdict[str, list[tuple[int, m.ClientMessage]]] = defaultdict(list)
         self._seen: set[str] = set()
         self._held = 0
         self._stopping = False
@@ -125,12 +125,13 @@ class FederationServer:
             self._cond.notify_all()
 
     def collect(
-        self, nodes: Iterable[str], expect: type | tuple[type, ...], timeout: float
+        self, nodes: Iterable[str], expect: type | tuple[type, ...], timeout: float, round: int = 0
     ) -> dict[str, m.ClientMessage]:
         """Take the first message of an `expect` type from each node, waiting up to `timeout` seconds.
 
         Nodes missing from the result did not answer in time (treat them as dropped). Messages of
-        other types stay queued for a later collect.
+        other types stay queued for a later collect. With `round`, answers tagged with an earlier
+        round (late replies to a round that already moved on) are discarded.
         """
         wanted = list(dict.fromkeys(nodes))
         got: dict[str, m.ClientMessage] = {}
@@ -139,7 +140,7 @@ class FederationServer:
             while True:
                 for node in wanted:
                     if node not in got:
-                        self._take(node, expect, got)
+                        self._take(node, expect, round, got)
                 left = deadline - time.monotonic()
                 if len(got) == len(wanted) or left <= 0:
                     return got
@@ -157,11 +158,16 @@ class FederationServer:
         with self._cond:
             return set(self._seen)
 
-    def _take(self, node: str, expect: type | tuple[type, ...], got: dict[str, m.ClientMessage]) -> None:
+    def _take(self, node: str, expect: type | tuple[type, ...], round: int, got: dict[str, m.ClientMessage]) -> None:
         box = self._inbox.get(node, [])
-        for index, message in enumerate(box):
-            if isinstance(message, expect):
-                got[node] = box.pop(index)
+        if round:
+            stale = [tagged for tagged in box if 0 < tagged[0] < round]
+            for tagged in stale:
+                log.info("discarding %s from node %r: answers round %d, now %d", type(tagged[1]).__name__, node, tagged[0], round)
+                box.remove(tagged)
+        for index, (tag, message) in enumerate(box):
+            if isinstance(message, expect) and (not round or tag in (0, round)):
+                got[node] = box.pop(index)[1]
                 return
 
     def _identify(self, context: grpc.ServicerContext) -> str:
@@ -217,7 +223,7 @@ class FederationServer:
         node = self._identify(context)
         try:
             data, _ = chunks.join(request_iterator)
-            message = decode_client(data)
+            round_tag, message = decode_client_tagged(data)
         except ProtocolError as exc:
             log.warning("malformed upload from node %r: %s", node, exc)
             context.abort(
@@ -232,7 +238,7 @@ class FederationServer:
                 f"{node!r}; a node may only send as itself",
             )
         with self._cond:
-            self._inbox[node].append(message)
+            self._inbox[node].append((round_tag, message))
             self._cond.notify_all()
         return pb.SendAck()
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedsa_secure.demo import DemoOptions, run_demo
 from fedsa_secure.privacy.ledger import read_entries, verify_entries
 from fedsa_secure.secagg.packing import unpack
 from fedsa_secure.secagg.quantize import required_modulus_bits
@@ -24,9 +25,15 @@ ROUNDS = 2
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
+    """Runs the user's command, `fedsa-secure demo --json`, plus the hidden test-only dump switch."""
     root = tmp_path_factory.mktemp("federation")
-    summary = run_demo(DemoOptions(out=root / "run", rounds=ROUNDS, dump_dir=root / "dump"), echo=open(root / "progress.txt", "w"))
-    return summary, root
+    command = [sys.executable, "-m", "fedsa_secure.cli", "demo", "--json", "--rounds", str(ROUNDS),
+               "--out", str(root / "run"), "--test-dump-dir", str(root / "dump")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert sum(line.startswith("round ") for line in lines) == ROUNDS  # one progress line per round
+    return json.loads(lines[-1]), root
 
 
 def updates_by_round(dump: Path) -> dict[int, dict[str, np.ndarray]]:

@@ -251,6 +251,20 @@ def test_messages_of_unexpected_type_stay_queued(server: tuple[FederationServer,
     assert srv.collect(["node-1"], m.SelectReply, timeout=0.1) == {}
 
 
+def test_late_answers_to_an_earlier_round_are_discarded(server: tuple[FederationServer, str], keys: Pki) -> None:
+    srv, address = server
+    late = m.SelectReply(round=1, transferability=0.9)
+    fresh = m.SelectReply(round=2, transferability=0.4)
+    with connect(address, keys.nodes["node-1"]) as node:
+        node.send(late, round=1)
+        node.send(fresh, round=2)
+        node.send(m.SelectReply(round=3, transferability=0.1), round=3)
+    assert srv.collect(["node-1"], m.SelectReply, timeout=1.0, round=2) == {"node-1": fresh}
+    # The round-1 answer is gone for good; the round-3 one waits for its round.
+    assert srv.collect(["node-1"], m.SelectReply, timeout=0.1, round=2) == {}
+    assert srv.collect(["node-1"], m.SelectReply, timeout=1.0, round=3)["node-1"].round == 3
+
+
 def test_poll_is_held_until_work_arrives(server: tuple[FederationServer, str], keys: Pki) -> None:
     srv, address = server
     with connect(address, keys.nodes["node-1"]) as node:
