@@ -19,9 +19,10 @@ import torch
 
 from fedsa_secure import messages as msg
 from fedsa_secure.config import AggregatorConfig
+from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.crypto.rand import random_bytes
 from fedsa_secure.data import aggregator_data
-from fedsa_secure.errors import AbortRound, FedsaError, ProtocolError
+from fedsa_secure.errors import AbortRound, FedsaError, IntegrityError, ProtocolError
 from fedsa_secure.fedsa.adapt import adapt, evaluate, scratch
 from fedsa_secure.fedsa.amalgamate import apply_update
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
@@ -168,7 +169,8 @@ class Aggregator:
         weight = 1.0 / len(cohort)
         for name in cohort:
             self.server.send(name, msg.TrainRequest(round=number, student_state=state, weight=weight, secagg=config))
-        server = SecAggServer(config)
+        # With the CA, the server drops a node whose signature fails instead of forwarding it.
+        server = SecAggServer(config, TrustAnchor(Path(self.config.tls.ca_cert).read_bytes()))
         timeout = self.config.aggregator.stage_timeout
         for name, reply in self.server.collect(cohort, (sa.AdvertiseKeys, msg.Decline), timeout, round=number).items():
             if isinstance(reply, msg.Decline):
@@ -192,18 +194,26 @@ class Aggregator:
             _accept(server.receive_masked, reply, name)
         log.info("round %d: masked inputs collected after %.2fs", number, time.perf_counter() - started)
         self._dump_masked(number, masked)
+        check = server.consistency_request()
+        for name in check.survivors:
+            self.server.send(name, check)
+        for name, reply in self.server.collect(check.survivors, sa.ConsistencyCheckResponse, timeout, round=number).items():
+            _accept(server.receive_consistency, reply, name)
         request = server.unmask_request()
-        for name in request.survivors:
+        signers = [signer for signer, _ in request.signatures]
+        for name in signers:
             self.server.send(name, request)
-        for name, reply in self.server.collect(request.survivors, sa.UnmaskResponse, timeout, round=number).items():
+        for name, reply in self.server.collect(signers, sa.UnmaskResponse, timeout, round=number).items():
             _accept(server.receive_unmask, reply, name)
         total = server.finish()
+        for name, reason in server.rejected.items():
+            log.warning("dropped %s while unmasking: %s", name, reason)
         log.info("round %d: sum unmasked after %.2fs", number, time.perf_counter() - started)
         # Weights were 1/|cohort| before masking; rescale so dropouts do not shrink the step.
         total *= len(cohort) / len(request.survivors)
         self._dump(f"aggregate-r{number}.npy", total)
         apply_update(self.student, total)
-        self._record_privacy(request.survivors, number)
+        self._record_privacy(signers, number)  # nodes report after answering the unmask request
         return list(request.survivors)
 
     def _record_privacy(self, names: list[str] | tuple[str, ...], number: int) -> None:
@@ -290,7 +300,7 @@ def _accept(receive: Callable[[Any], None], message: Any, sender: str) -> None:
         if claimed != sender:
             raise ProtocolError(f"message claims sender {claimed!r} but arrived over {sender!r}'s TLS identity")
         receive(message)
-    except ProtocolError as exc:
+    except (ProtocolError, IntegrityError) as exc:
         log.warning("dropping %s from the round: %s", sender, exc)
 
 

@@ -71,8 +71,10 @@ class Wait:
 
 
 ServerMessage = (
-    SelectRequest | TrainRequest | sa.Roster | sa.ShareDelivery | sa.UnmaskRequest | Shutdown | Wait
+    SelectRequest | TrainRequest | sa.Roster | sa.ShareDelivery | sa.ConsistencyCheckRequest | sa.UnmaskRequest
+    | Shutdown | Wait
 )
 ClientMessage = (
-    SelectReply | Decline | PrivacyStatus | sa.AdvertiseKeys | sa.ShareKeys | sa.MaskedInput | sa.UnmaskResponse
+    SelectReply | Decline | PrivacyStatus | sa.AdvertiseKeys | sa.ShareKeys | sa.MaskedInput
+    | sa.ConsistencyCheckResponse | sa.UnmaskResponse
 )

@@ -24,6 +24,7 @@ from fedsa_secure.privacy.accounting import library_versions
 from fedsa_secure.privacy.ledger import Ledger
 from fedsa_secure.secagg import messages as sa
 from fedsa_secure.secagg.client import SecAggClient
+from fedsa_secure.secagg.identity import Credentials
 from fedsa_secure.transport.client import AggregatorClient
 from fedsa_secure.transport.tls import TlsFiles
 
@@ -93,6 +94,8 @@ class Node:
                     client = self._client()
                     assert self._update is not None  # set together with the client in _train
                     return [client.masked_input(request, self._update)]
+                case sa.ConsistencyCheckRequest():
+                    return [self._client().consistency_check(request)]
                 case sa.UnmaskRequest():
                     response = self._client().unmask(request)
                     self._secagg, self._update = None, None
@@ -148,7 +151,8 @@ class Node:
         if self.dump_dir is not None:
             Path(self.dump_dir).mkdir(parents=True, exist_ok=True)
             np.save(Path(self.dump_dir) / f"update-r{request.round}-{self.name}.npy", self._update)
-        self._secagg = SecAggClient(self.name, request.secagg)
+        # Signs its keys and the survivor set with its TLS key; checks peers' against the CA.
+        self._secagg = SecAggClient(self.name, request.secagg, Credentials.from_pem(*self.tls.load()))
         return self._secagg.advertise()
 
     def _status(self) -> msg.PrivacyStatus:

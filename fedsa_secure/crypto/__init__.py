@@ -5,7 +5,7 @@ ChaCha20-Poly1305, SHA-256); nothing implements a primitive itself.
 """
 
 from fedsa_secure.crypto.aead import open_sealed, seal
-from fedsa_secure.crypto.agreement import generate_keypair, public_from_private, shared_secret
+from fedsa_secure.crypto.agreement import generate_keypair, public_from_private, shared_secret, shared_secrets
 from fedsa_secure.crypto.hashing import sha256
 from fedsa_secure.crypto.kdf import (
     LABEL_GRAPH,
@@ -14,10 +14,23 @@ from fedsa_secure.crypto.kdf import (
     LABEL_SHARE_SEALING,
     derive_key,
 )
-from fedsa_secure.crypto.prg import add_keystreams, expand_keystreams, keystream_bytes, keystream_words
-from fedsa_secure.crypto.rand import random_bytes, random_words
+from fedsa_secure.crypto.prg import (
+    KeystreamAdder,
+    KeystreamReader,
+    add_keystreams,
+    expand_keystreams,
+    keystream_bytes,
+    keystream_words,
+)
+from fedsa_secure.crypto.rand import SYSTEM, FixedRandomness, Randomness, random_bytes
+from fedsa_secure.crypto.signing import Signer, TrustAnchor
 
 __all__ = [
+    "FixedRandomness",
+    "Randomness",
+    "SYSTEM",
+    "KeystreamAdder",
+    "KeystreamReader",
     "add_keystreams",
     "LABEL_GRAPH",
     "LABEL_PAIRWISE_MASK",
@@ -31,8 +44,10 @@ __all__ = [
     "open_sealed",
     "public_from_private",
     "random_bytes",
-    "random_words",
     "seal",
     "sha256",
     "shared_secret",
+    "shared_secrets",
+    "Signer",
+    "TrustAnchor",
 ]

@@ -5,19 +5,19 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from fedsa_secure.crypto.rand import random_bytes
+from fedsa_secure.crypto.rand import SYSTEM, Randomness
 from fedsa_secure.errors import IntegrityError
 
 NONCE_SIZE = 12
 TAG_SIZE = 16
 
 
-def seal(key: bytes, plaintext: bytes, associated_data: bytes) -> bytes:
+def seal(key: bytes, plaintext: bytes, associated_data: bytes, randomness: Randomness = SYSTEM) -> bytes:
     """Encrypt and authenticate; returns nonce || ciphertext || tag.
 
     A random 96-bit nonce is safe here because each key seals only a handful of messages.
     """
-    nonce = random_bytes(NONCE_SIZE)
+    nonce = randomness.bytes(NONCE_SIZE)
     return nonce + ChaCha20Poly1305(key).encrypt(nonce, plaintext, associated_data)
 
 

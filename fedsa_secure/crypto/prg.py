@@ -51,27 +51,59 @@ def expand_keystreams(seeds: Sequence[bytes], count: int) -> None:
             stream.update_into(zeros[: 4 * min(_CHUNK_WORDS, count - start)], buffer)
 
 
+class KeystreamAdder:
+    """Several signed streams consumed in step: each `add_to(part)` adds the next len(part) words
+    of every stream into `part` (mod 2**32). Lets a caller mask a vector chunk by chunk while
+    each chunk is in cache, without ever allocating a full-length mask."""
+
+    def __init__(self, signed_seeds: Sequence[tuple[bytes, bool]]) -> None:
+        self._streams = [(_stream(seed), subtract) for seed, subtract in signed_seeds]
+        self._buffer = bytearray(4 * _CHUNK_WORDS + 15)  # update_into wants block_size - 1 spare bytes
+        self._words = np.frombuffer(self._buffer, dtype="<u4", count=_CHUNK_WORDS)
+        self._used = 0
+
+    def add_to(self, part: np.ndarray) -> None:
+        """In place: part += the next part.size words of every stream, signed."""
+        if part.dtype != np.dtype("<u4") or part.ndim != 1:
+            raise ValueError("KeystreamAdder needs a 1-D little-endian uint32 array")
+        zeros = memoryview(_ZEROS)
+        for start in range(0, part.size, _CHUNK_WORDS):
+            piece = part[start : start + _CHUNK_WORDS]
+            size = piece.size
+            self._used += 4 * size
+            if self._used > _MAX_STREAM_BYTES:
+                raise ValueError(f"a PRG stream holds at most {_MAX_STREAM_BYTES} bytes")
+            for stream, subtract in self._streams:
+                stream.update_into(zeros[: 4 * size], self._buffer)
+                if subtract:
+                    piece -= self._words[:size]
+                else:
+                    piece += self._words[:size]
+
+
+class KeystreamReader:
+    """One stream read block by block; `read(count)` returns a view that the next read overwrites."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._stream = _stream(seed)
+        self._buffer = bytearray(4 * _CHUNK_WORDS + 15)
+        self._words = np.frombuffer(self._buffer, dtype="<u4", count=_CHUNK_WORDS)
+
+    def read(self, count: int) -> np.ndarray:
+        """The next `count` (at most 65,536) words of the stream."""
+        if not 0 <= count <= _CHUNK_WORDS:
+            raise ValueError(f"read at most {_CHUNK_WORDS} words at a time, asked for {count}")
+        self._stream.update_into(memoryview(_ZEROS)[: 4 * count], self._buffer)
+        return self._words[:count]
+
+
 def add_keystreams(total: np.ndarray, signed_seeds: Sequence[tuple[bytes, bool]]) -> None:
     """In place: total += sum(+-keystream_words(seed, len(total))) modulo 2**32.
 
-    `signed_seeds` holds (seed, subtract) pairs. The streams are expanded chunk by chunk
-    into one small buffer and added straight into `total`, so no full-length mask array is
-    ever allocated and each chunk of `total` stays in cache while all streams pass over it.
+    `signed_seeds` holds (seed, subtract) pairs; see KeystreamAdder for the chunked expansion.
     """
     if total.dtype != np.dtype("<u4") or total.ndim != 1 or not total.flags.c_contiguous:
         raise ValueError("add_keystreams needs a contiguous 1-D little-endian uint32 array")
     if 4 * total.size > _MAX_STREAM_BYTES:
         raise ValueError(f"a PRG stream holds at most {_MAX_STREAM_BYTES} bytes")
-    streams = [(_stream(seed), subtract) for seed, subtract in signed_seeds]
-    buffer = bytearray(4 * _CHUNK_WORDS + 15)  # update_into wants block_size - 1 spare bytes
-    words = np.frombuffer(buffer, dtype="<u4", count=_CHUNK_WORDS)
-    zeros = memoryview(_ZEROS)
-    for start in range(0, total.size, _CHUNK_WORDS):
-        part = total[start : start + _CHUNK_WORDS]
-        size = part.size
-        for stream, subtract in streams:
-            stream.update_into(zeros[: 4 * size], buffer)
-            if subtract:
-                part -= words[:size]
-            else:
-                part += words[:size]
+    KeystreamAdder(signed_seeds).add_to(total)

@@ -27,16 +27,26 @@ from fedsa_secure.privacy.accounting import calibrate_noise, epsilon_of, extend_
 
 @dataclass(frozen=True)
 class DPSettings:
-    """A node's DP budget and DP-SGD hyper-parameters (defaults chosen by measurement on the digits demo)."""
+    """A node's DP budget and DP-SGD hyper-parameters (defaults chosen by measurement on the digits demo).
+
+    Measured with `python -m fedsa_secure.fedsa.simulation --seeds 0 1 2 3 4` (5 rounds, cohort 3
+    of 4, epsilon 8): SGD with momentum 0.9 at lr 0.1 gave the best final accuracy (mean 0.927
+    against Scratch 0.913, at or above Scratch on every seed). Adam at lr 1e-3 barely moves the
+    proxy in 12 noisy steps (max |w*Delta| 0.004; the student stays Scratch); SGD at lr 0.3 or
+    0.05, or one local epoch, did worse. Each weighted update coordinate stays below ~0.06, far
+    inside the secure-aggregation clip of 0.5.
+    """
 
     target_epsilon: float = 8.0
     delta: float = 1e-5
     max_grad_norm: float = 1.0
-    planned_rounds: int = 6
+    planned_rounds: int = 5
     local_epochs: int = 2
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 0.1
     accountant: str = "prv"
+    optimizer: str = "sgd"  # "sgd" (with `momentum`) or "adam"
+    momentum: float = 0.9
 
     def __post_init__(self) -> None:
         for name in ("target_epsilon", "max_grad_norm", "learning_rate"):
@@ -47,6 +57,10 @@ class DPSettings:
         for name in ("planned_rounds", "local_epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"dp.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"dp.optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"dp.momentum must be in [0, 1), got {self.momentum}")
         if self.accountant not in ("prv", "rdp"):
             raise ConfigError(f"dp.accountant must be 'prv' or 'rdp', got {self.accountant!r}")
 
@@ -124,7 +138,10 @@ class DPDistiller:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
             self._engine = PrivacyEngine(accountant=settings.accountant, secure_mode=False)
-        optimizer = torch.optim.Adam(proxy.parameters(), lr=settings.learning_rate)
+        if settings.optimizer == "adam":
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(proxy.parameters(), lr=settings.learning_rate)
+        else:
+            optimizer = torch.optim.SGD(proxy.parameters(), lr=settings.learning_rate, momentum=settings.momentum)
         self._model, self._optimizer, self._loader = self._engine.make_private(
             module=proxy,
             optimizer=optimizer,
@@ -184,7 +201,7 @@ class DPDistiller:
             )
         proxy: _Proxy = self._model._module
         load_backbone_state(proxy, student_state)
-        self._optimizer.original_optimizer.state.clear()  # moments of last round's proxy are stale
+        self._optimizer.original_optimizer.state.clear()  # moments / momentum of last round's proxy are stale
         steps_before = sum(n for _, _, n in self._engine.accountant.history)
         self._model.train()
         losses: list[float] = []

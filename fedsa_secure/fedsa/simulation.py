@@ -1,7 +1,7 @@
 """The whole FedSA algorithm in one process, with a plaintext weighted sum in place of secure aggregation.
 
 For experiments and tuning; the federation runs the same steps across processes over gRPC.
-Run: `python -m fedsa_secure.fedsa.simulation --seeds 0 1 2 --rounds 6`.
+Run: `python -m fedsa_secure.fedsa.simulation --seeds 0 1 2 --rounds 5`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from fedsa_secure.data import DEMO_NODES, aggregator_data, node_data, task_input
 from fedsa_secure.errors import BudgetExhausted
-from fedsa_secure.fedsa.adapt import adapt, evaluate, scratch
+from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
 from fedsa_secure.fedsa.amalgamate import apply_update
 from fedsa_secure.fedsa.distill import DPDistiller, DPSettings
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities, transferability
@@ -32,6 +32,7 @@ def simulate(
     dp: DPSettings | None = None,
     *,
     teacher_cache: Path | None = None,
+    recipe: AdaptRecipe | None = None,
 ) -> dict:
     """Run `rounds` FedSA rounds on the digits demo (method `fedsa`) and the Scratch baseline.
 
@@ -53,7 +54,7 @@ def simulate(
     rng = np.random.default_rng(seed)
     student = make_student(probe.num_classes, seed)
     t0 = time.perf_counter()
-    baseline = scratch(probe, seed)
+    baseline = scratch(probe, seed, recipe)
     scratch_accuracy = evaluate(baseline, test)
     adapted = baseline  # adapting the untrained student is exactly Scratch: same seed, same recipe
     history = [{"round": 0, "accuracy": scratch_accuracy, "adapt_seconds": time.perf_counter() - t0}]
@@ -76,11 +77,14 @@ def simulate(
             except BudgetExhausted:
                 declined.append(name)
             train_seconds[name] = time.perf_counter() - t0
+        max_weighted = 0.0
         if updates:
-            apply_update(student, np.sum(updates, axis=0) / len(updates))
+            weighted = [u / len(updates) for u in updates]  # uniform weights over the nodes that trained
+            max_weighted = float(max(np.abs(w).max() for w in weighted))
+            apply_update(student, np.sum(weighted, axis=0))
 
         t0 = time.perf_counter()
-        adapted = adapt(student, probe, seed)
+        adapted = adapt(student, probe, seed, recipe)
         adapt_seconds = time.perf_counter() - t0
         history.append(
             {
@@ -92,6 +96,7 @@ def simulate(
                 "accuracy": evaluate(adapted, test),
                 "epsilon": {n: nodes[n][2].epsilon for n in names},
                 "train_seconds": train_seconds,
+                "max_abs_weighted_update": max_weighted,
                 "adapt_seconds": adapt_seconds,
             }
         )
@@ -104,25 +109,53 @@ def simulate(
         "scratch_accuracy": scratch_accuracy,
         "epsilon": {n: nodes[n][2].epsilon for n in names},
         "noise_multiplier": {n: nodes[n][2].noise_multiplier for n in names},
+        "max_abs_weighted_update": max(r["max_abs_weighted_update"] for r in history[1:]) if rounds else 0.0,
     }
+
+
+def _overrides(cls: type, items: list[str]) -> dict:
+    """Parse FIELD=VALUE strings into keyword arguments typed like `cls`'s defaults."""
+    defaults = cls()
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not hasattr(defaults, key):
+            raise SystemExit(f"unknown {cls.__name__} field {key!r}")
+        current = getattr(defaults, key)
+        out[key] = None if value == "None" else type(current)(value) if current is not None else int(value)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cohort", type=int, default=3)
     parser.add_argument("--json", type=Path, help="write the full per-round results here")
+    parser.add_argument("--teacher-cache", type=Path, help="directory to cache teachers in (default: a temporary one)")
+    parser.add_argument(
+        "--dp", action="append", default=[], metavar="FIELD=VALUE",
+        help="override a DPSettings field, e.g. --dp learning_rate=0.5 --dp optimizer=sgd (planned_rounds defaults to --rounds)",
+    )
+    parser.add_argument("--adapt", action="append", default=[], metavar="FIELD=VALUE", help="override an AdaptRecipe field")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [simulate(s, args.rounds, args.cohort) for s in args.seeds]
-    print("seed  scratch  fedsa(DP)  max_eps  train_s/node-round  adapt_s")
+    dp = DPSettings(**{"planned_rounds": args.rounds, **_overrides(DPSettings, args.dp)})
+    recipe = AdaptRecipe(**_overrides(AdaptRecipe, args.adapt))
+    print(f"method fedsa; {dp}; {recipe}", flush=True)
+    results = []
+    for s in args.seeds:
+        results.append(simulate(s, args.rounds, args.cohort, dp, teacher_cache=args.teacher_cache, recipe=recipe))
+        r = results[-1]
+        print(f"seed {s}: per round " + " ".join(f"{h['accuracy']:.3f}" for h in r["rounds"]), flush=True)
+    print("seed  scratch  fedsa(DP)  max_eps  max|w*delta|  train_s/node-round  adapt_s")
     for res in results:
         train = [t for r in res["rounds"][1:] for t in r["train_seconds"].values()]
         adapt_s = [r["adapt_seconds"] for r in res["rounds"][1:]]
         print(
             f"{res['seed']:>4}  {res['scratch_accuracy']:.4f}   {res['final_accuracy']:.4f}"
-            f"     {max(res['epsilon'].values()):.3f}    {np.mean(train):.2f}               {np.mean(adapt_s):.2f}"
+            f"     {max(res['epsilon'].values()):.3f}    {res['max_abs_weighted_update']:.4f}"
+            f"        {np.mean(train):.2f}               {np.mean(adapt_s):.2f}"
         )
     print(
         f"mean  {np.mean([r['scratch_accuracy'] for r in results]):.4f}   "

@@ -16,7 +16,7 @@ from fedsa_secure.models import ConvNet, make_teacher
 TEACHER_EPOCHS = 12
 TEACHER_LR = 3e-3
 TEACHER_BATCH = 32
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: spatial (flattened 4x4) heads
 
 
 def train_teacher(node: NodeData, seed: int) -> ConvNet:

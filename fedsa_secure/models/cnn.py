@@ -18,13 +18,20 @@ def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.GroupNorm(norm_groups(c_out), c_out), nn.ReLU()]
 
 
-class ConvNet(nn.Module):
-    """`features` (the backbone, last block = Grad-CAM / FitNets layer) then a linear `head` on pooled features.
+HEADS = ("spatial", "pooled")
+FEATURE_SIDE = 4  # `features` maps 8x8 images to 4x4 maps
 
-    On 8x8 inputs `features` returns [B, 2*width, 4, 4].
+
+class ConvNet(nn.Module):
+    """`features` (the backbone, last block = Grad-CAM / FitNets layer) then a linear `head`.
+
+    On 8x8 inputs `features` returns [B, 2*width, 4, 4]. The default `spatial` head is linear on
+    the flattened 4x4 maps: on 5 labels per class it beats a head on globally average-pooled
+    features (`pooled`) by about 3 points (0.916 vs 0.886 Scratch accuracy, 5 seeds), because
+    pooling throws away where a stroke is. Grad-CAM works with either head.
     """
 
-    def __init__(self, width: int, num_classes: int) -> None:
+    def __init__(self, width: int, num_classes: int, head: str = "spatial") -> None:
         super().__init__()
         self.features = nn.Sequential(
             *_conv_block(1, width),
@@ -32,12 +39,21 @@ class ConvNet(nn.Module):
             nn.MaxPool2d(2),
             *_conv_block(2 * width, 2 * width),
         )
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         self.feature_channels = 2 * width
-        self.head = nn.Linear(self.feature_channels, num_classes)
+        self.head_type = head
+        self.head_in_features = self.feature_channels * (FEATURE_SIDE**2 if head == "spatial" else 1)
+        self.head = nn.Linear(self.head_in_features, num_classes)
+
+    def new_head(self, num_classes: int) -> nn.Linear:
+        """A freshly initialised head of the right input size (draws from torch's global RNG)."""
+        return nn.Linear(self.head_in_features, num_classes)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from last-block features (split out so Grad-CAM can differentiate w.r.t. them)."""
-        return self.head(features.mean(dim=(2, 3)))
+        pooled = features.flatten(1) if self.head_type == "spatial" else features.mean(dim=(2, 3))
+        return self.head(pooled)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(x))

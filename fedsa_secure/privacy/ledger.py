@@ -4,6 +4,13 @@ Each entry carries the SHA-256 of the previous entry, so an edited, deleted or r
 line breaks the chain at a named position. The node appends (and fsyncs) a charge before
 its update leaves the machine: a crash between charge and release over-counts, never
 under-counts.
+
+The chain alone cannot see a cut tail (a prefix of a valid chain is a valid chain), nor a
+deliberate editor who recomputes every later hash (the hash is unkeyed). Both are caught
+by an *anchor*: a (entries, head hash) pair recorded somewhere else. The ledger keeps one
+in a sidecar `<name>.head.json` (catches an accidental cut, a stale restore, a partial
+copy); the node can report `Ledger.head` to the aggregator, whose summary is an anchor the
+node cannot rewrite later.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,13 +52,35 @@ class Verification:
     reason: str
 
 
+@dataclass(frozen=True)
+class LedgerHead:
+    """A witness of the ledger's state: its entry count and the hash of its last entry.
+
+    `head` None means a count-only witness (e.g. a summary that only knows rounds trained).
+    """
+
+    entries: int
+    head: str | None
+    source: str = "anchor"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"entries": self.entries, "head": self.head}
+
+
+def head_path(ledger_path: Path) -> Path:
+    """Sidecar anchor next to the ledger: `node-1.jsonl` -> `node-1.head.json`."""
+    ledger_path = Path(ledger_path)
+    return ledger_path.with_name(f"{ledger_path.stem}.head.json")
+
+
 class Ledger:
     """A node's ledger file; `append` is the only way entries are written."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         existing = read_entries(self.path) if self.path.exists() else []
-        check = verify_entries(existing)
+        anchors = [sidecar] if (sidecar := read_head(head_path(self.path))) is not None else []
+        check = verify_entries(existing, anchors)
         if not check.ok:
             raise LedgerError(f"{self.path}: {check.reason}; refusing to append to a broken ledger")
         self._last_hash = existing[-1]["hash"] if existing else GENESIS
@@ -58,6 +88,11 @@ class Ledger:
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def head(self) -> LedgerHead:
+        """What a witness should record now (the node reports this to the aggregator)."""
+        return LedgerHead(self._count, self._last_hash, "ledger")
 
     def append(self, charge: dict[str, Any]) -> dict[str, Any]:
         missing = [f for f in REQUIRED_FIELDS if f not in charge]
@@ -73,7 +108,31 @@ class Ledger:
             os.fsync(handle.fileno())
         self._last_hash = entry["hash"]
         self._count += 1
+        # After the ledger is durable: a crash here leaves the sidecar one entry behind, which
+        # verifies (the ledger may run ahead of a witness, never behind it).
+        write_head(head_path(self.path), self.head)
         return entry
+
+
+def write_head(path: Path, head: LedgerHead) -> None:
+    """Atomically replace the sidecar anchor (temp file, fsync, rename)."""
+    temp = path.with_name(f".{path.name}.tmp")
+    with open(temp, "w", encoding="utf-8") as handle:
+        json.dump(head.as_dict(), handle, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def read_head(path: Path) -> LedgerHead | None:
+    """The sidecar anchor, or None if there is none."""
+    if not Path(path).exists():
+        return None
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return LedgerHead(int(data["entries"]), str(data["head"]), f"sidecar {Path(path).name}")
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise LedgerError(f"{path}: the ledger's head file is unreadable") from None
 
 
 def read_entries(path: Path) -> list[dict[str, Any]]:
@@ -89,8 +148,23 @@ def read_entries(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def verify_entries(entries: list[dict[str, Any]]) -> Verification:
-    """Check sequence numbers, the hash chain and each entry's own hash; name the first bad entry."""
+def verify_file(path: Path, anchors: Iterable[LedgerHead] = ()) -> tuple[list[dict[str, Any]], Verification]:
+    """Readable entries and the verdict; a torn or non-object line is a bad entry, not an exception."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines() if Path(path).exists() else []
+    entries: list[dict[str, Any]] = []
+    for number, line in enumerate(lines):
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if not isinstance(entry, dict):
+            return entries, Verification(len(lines), False, number, f"entry {number} is not a JSON object (torn or edited line)")
+        entries.append(entry)
+    return entries, verify_entries(entries, anchors)
+
+
+def verify_entries(entries: list[dict[str, Any]], anchors: Iterable[LedgerHead] = ()) -> Verification:
+    """Check sequence numbers, the hash chain, each entry's own hash, then every anchor; name the first bad entry."""
     previous = GENESIS
     for index, entry in enumerate(entries):
         if entry.get("seq") != index:
@@ -100,4 +174,26 @@ def verify_entries(entries: list[dict[str, Any]]) -> Verification:
         if entry.get("hash") != entry_hash(entry):
             return Verification(len(entries), False, index, f"entry {index} was modified (hash mismatch)")
         previous = entry["hash"]
-    return Verification(len(entries), True, None, "chain intact")
+    return _check_anchors(entries, sorted(anchors, key=lambda a: a.entries))
+
+
+def _check_anchors(entries: list[dict[str, Any]], anchors: list[LedgerHead]) -> Verification:
+    """Each anchor must be a prefix of the ledger; the first one that is not bounds where it changed."""
+    witnessed = 0  # entries [0, witnessed) are confirmed by a passing hash anchor
+    for anchor in anchors:
+        if anchor.entries > len(entries):
+            return Verification(
+                len(entries), False, len(entries),
+                f"truncated: {anchor.source} saw {anchor.entries} entries, the ledger has {len(entries)}; "
+                f"entry {len(entries)} onwards is missing",
+            )
+        if anchor.head is None or anchor.entries == 0:
+            continue
+        if entries[anchor.entries - 1]["hash"] != anchor.head:
+            span = f"entry {witnessed}" if witnessed == anchor.entries - 1 else f"entries {witnessed}..{anchor.entries - 1}"
+            return Verification(
+                len(entries), False, witnessed,
+                f"rewritten: {span} differ from what {anchor.source} witnessed (chain recomputed or replaced)",
+            )
+        witnessed = anchor.entries
+    return Verification(len(entries), True, None, "chain intact" + (f", {len(anchors)} anchor(s) match" if anchors else ""))

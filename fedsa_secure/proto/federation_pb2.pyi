@@ -115,14 +115,18 @@ class Wait(_message.Message):
     def __init__(self) -> None: ...
 
 class AdvertiseKeys(_message.Message):
-    __slots__ = ("sender", "channel_public_key", "mask_public_key")
+    __slots__ = ("sender", "channel_public_key", "mask_public_key", "signature", "certificate")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     MASK_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     sender: str
     channel_public_key: bytes
     mask_public_key: bytes
-    def __init__(self, sender: _Optional[str] = ..., channel_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ...) -> None: ...
+    signature: bytes
+    certificate: bytes
+    def __init__(self, sender: _Optional[str] = ..., channel_public_key: _Optional[bytes] = ..., mask_public_key: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class Roster(_message.Message):
     __slots__ = ("advertisements",)
@@ -162,13 +166,37 @@ class MaskedInput(_message.Message):
     packed: bytes
     def __init__(self, sender: _Optional[str] = ..., packed: _Optional[bytes] = ...) -> None: ...
 
+class ConsistencyCheckRequest(_message.Message):
+    __slots__ = ("survivors",)
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    survivors: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, survivors: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ConsistencyCheckResponse(_message.Message):
+    __slots__ = ("sender", "signature")
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    sender: str
+    signature: bytes
+    def __init__(self, sender: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SurvivorSignature(_message.Message):
+    __slots__ = ("signer", "signature")
+    SIGNER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    signer: str
+    signature: bytes
+    def __init__(self, signer: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class UnmaskRequest(_message.Message):
-    __slots__ = ("survivors", "dropped")
+    __slots__ = ("survivors", "dropped", "signatures")
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
     survivors: _containers.RepeatedScalarFieldContainer[str]
     dropped: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+    signatures: _containers.RepeatedCompositeFieldContainer[SurvivorSignature]
+    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., signatures: _Optional[_Iterable[_Union[SurvivorSignature, _Mapping]]] = ...) -> None: ...
 
 class OwnedShare(_message.Message):
     __slots__ = ("owner", "share")
@@ -189,7 +217,7 @@ class UnmaskResponse(_message.Message):
     def __init__(self, sender: _Optional[str] = ..., self_mask_shares: _Optional[_Iterable[_Union[OwnedShare, _Mapping]]] = ..., mask_key_shares: _Optional[_Iterable[_Union[OwnedShare, _Mapping]]] = ...) -> None: ...
 
 class ServerEnvelope(_message.Message):
-    __slots__ = ("select_request", "train_request", "roster", "share_delivery", "unmask_request", "shutdown", "wait")
+    __slots__ = ("select_request", "train_request", "roster", "share_delivery", "unmask_request", "shutdown", "wait", "consistency_check_request")
     SELECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     TRAIN_REQUEST_FIELD_NUMBER: _ClassVar[int]
     ROSTER_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +225,7 @@ class ServerEnvelope(_message.Message):
     UNMASK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_CHECK_REQUEST_FIELD_NUMBER: _ClassVar[int]
     select_request: SelectRequest
     train_request: TrainRequest
     roster: Roster
@@ -204,10 +233,11 @@ class ServerEnvelope(_message.Message):
     unmask_request: UnmaskRequest
     shutdown: Shutdown
     wait: Wait
-    def __init__(self, select_request: _Optional[_Union[SelectRequest, _Mapping]] = ..., train_request: _Optional[_Union[TrainRequest, _Mapping]] = ..., roster: _Optional[_Union[Roster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ...) -> None: ...
+    consistency_check_request: ConsistencyCheckRequest
+    def __init__(self, select_request: _Optional[_Union[SelectRequest, _Mapping]] = ..., train_request: _Optional[_Union[TrainRequest, _Mapping]] = ..., roster: _Optional[_Union[Roster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., consistency_check_request: _Optional[_Union[ConsistencyCheckRequest, _Mapping]] = ...) -> None: ...
 
 class ClientEnvelope(_message.Message):
-    __slots__ = ("select_reply", "decline", "privacy_status", "advertise_keys", "share_keys", "masked_input", "unmask_response", "round")
+    __slots__ = ("select_reply", "decline", "privacy_status", "advertise_keys", "share_keys", "masked_input", "unmask_response", "consistency_check_response", "round")
     SELECT_REPLY_FIELD_NUMBER: _ClassVar[int]
     DECLINE_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +245,7 @@ class ClientEnvelope(_message.Message):
     SHARE_KEYS_FIELD_NUMBER: _ClassVar[int]
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     UNMASK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENCY_CHECK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     select_reply: SelectReply
     decline: Decline
@@ -223,8 +254,9 @@ class ClientEnvelope(_message.Message):
     share_keys: ShareKeys
     masked_input: MaskedInput
     unmask_response: UnmaskResponse
+    consistency_check_response: ConsistencyCheckResponse
     round: int
-    def __init__(self, select_reply: _Optional[_Union[SelectReply, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., privacy_status: _Optional[_Union[PrivacyStatus, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeys, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., round: _Optional[int] = ...) -> None: ...
+    def __init__(self, select_reply: _Optional[_Union[SelectReply, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., privacy_status: _Optional[_Union[PrivacyStatus, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeys, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., consistency_check_response: _Optional[_Union[ConsistencyCheckResponse, _Mapping]] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("data", "epoch", "sequence")

@@ -12,13 +12,22 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from fedsa_secure.crypto import add_keystreams, generate_keypair, random_bytes
+from fedsa_secure.crypto import SYSTEM, Randomness, generate_keypair
 from fedsa_secure.errors import AbortRound, ProtocolError
 from fedsa_secure.secagg import shamir
 from fedsa_secure.secagg.graph import neighbours
-from fedsa_secure.secagg.masks import self_mask_seed, signed_pairwise_seeds
+from fedsa_secure.secagg.identity import (
+    Credentials,
+    check_survivor_signatures,
+    sign_advertisement,
+    survivors_payload,
+    verify_advertisement,
+)
+from fedsa_secure.secagg.masks import mask_and_pack, self_mask_seed, signed_pairwise_seeds
 from fedsa_secure.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyCheckRequest,
+    ConsistencyCheckResponse,
     EncryptedShare,
     MaskedInput,
     Roster,
@@ -28,9 +37,6 @@ from fedsa_secure.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedsa_secure.secagg.packing import pack
-from fedsa_secure.secagg.quantize import quantize
-from fedsa_secure.secagg.ring import modulus_mask
 from fedsa_secure.secagg.sealing import open_shares, seal_shares
 from fedsa_secure.secagg.session import session_id, validate_config, x_coordinate
 from fedsa_secure.secagg.stages import Stage, StageGuard
@@ -40,13 +46,24 @@ SEED_SIZE = 32
 
 
 class SecAggClient:
-    """One node's view of one round: advertise -> share_keys -> masked_input -> unmask."""
+    """One node's view of one round: advertise -> share_keys -> masked_input -> consistency_check -> unmask.
 
-    def __init__(self, name: str, config: RoundConfig) -> None:
+    With `credentials` (always, in a federation) the node signs its keys and the survivor set
+    and verifies every peer's signatures against the federation CA, so a malicious aggregator
+    can neither substitute keys nor show nodes different survivor sets. Without, it trusts the
+    aggregator to relay faithfully: only for in-memory tests and benchmarks.
+    """
+
+    def __init__(
+        self, name: str, config: RoundConfig, credentials: Credentials | None = None, randomness: Randomness = SYSTEM
+    ) -> None:
         validate_config(config)
         x_coordinate(config, name)  # refuses a name outside the cohort
         self.name = name
         self.config = config
+        self._credentials = credentials
+        self._anchor = credentials.anchor if credentials is not None else None
+        self._random = randomness  # SYSTEM; a FixedRandomness only in known-answer tests
         self._guard = StageGuard(f"secagg client {name!r}")
         self._channel_private = b""
         self._mask_private = b""
@@ -57,6 +74,7 @@ class SecAggClient:
         self._neighbours: frozenset[str] = frozenset()  # graph neighbours that advertised keys
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (b-share, s_sk-share) held by us
         self._u2: frozenset[str] = frozenset()
+        self._u3: tuple[str, ...] | None = None  # the survivor set this node signed
 
     def __repr__(self) -> str:
         return f"SecAggClient(name={self.name!r}, round={self.config.round}, stage={self.stage.value})"
@@ -84,11 +102,14 @@ class SecAggClient:
     def advertise(self) -> AdvertiseKeys:
         """Stage 0: fresh channel and mask key pairs and a fresh self-mask seed b_i."""
         with self._step(Stage.ADVERTISE_KEYS):
-            self._channel_private, channel_public = generate_keypair()
-            self._mask_private, mask_public = generate_keypair()
-            self._self_seed = random_bytes(SEED_SIZE)
-            self._advertisement = AdvertiseKeys(self.name, channel_public, mask_public)
-        return self._advertisement
+            self._channel_private, channel_public = generate_keypair(self._random)
+            self._mask_private, mask_public = generate_keypair(self._random)
+            self._self_seed = self._random.bytes(SEED_SIZE)
+            ad = AdvertiseKeys(self.name, channel_public, mask_public)
+            if self._credentials is not None:
+                ad = sign_advertisement(self._credentials, self.config, ad)
+            self._advertisement = ad
+        return ad
 
     def share_keys(self, roster: Roster) -> ShareKeys:
         """Stage 1: check the roster, fix the session id, Shamir-share b_i and s_sk_i, seal per peer."""
@@ -103,8 +124,8 @@ class SecAggClient:
                     f"threshold is {self.config.threshold}"
                 )
             xs = [x_coordinate(self.config, member) for member in members]
-            b_shares = shamir.split(self._self_seed, self.config.threshold, xs)
-            s_shares = shamir.split(self._mask_private, self.config.threshold, xs)
+            b_shares = shamir.split(self._self_seed, self.config.threshold, xs, self._random)
+            s_shares = shamir.split(self._mask_private, self.config.threshold, xs, self._random)
             sealed = []
             for member, b_share, s_share in zip(members, b_shares, s_shares):
                 if member == self.name:
@@ -117,6 +138,7 @@ class SecAggClient:
                     self.name,
                     member,
                     (b_share, s_share),
+                    self._random,
                 )
                 sealed.append(EncryptedShare(self.name, member, ciphertext))
         return ShareKeys(self.name, tuple(sealed))
@@ -135,19 +157,43 @@ class SecAggClient:
                     f"only {len(self._u2)} nodes of {self.name!r}'s neighbourhood shared keys; "
                     f"threshold is {self.config.threshold}"
                 )
-            masked = quantize(values, self.config.quantization)
             peers = {peer: self._roster[peer].mask_public_key for peer in self._u2}
             seeds = [(self_mask_seed(self._self_seed, self._session), False)]
             seeds += signed_pairwise_seeds(self.name, self._mask_private, peers, self._session)
-            add_keystreams(masked, seeds)
-            masked &= modulus_mask(self.config.modulus_bits)
-        return MaskedInput(self.name, pack(masked, self.config.modulus_bits))
+            packed = mask_and_pack(values, self.config, seeds, self._random.word_reader())
+        return MaskedInput(self.name, packed)
+
+    def consistency_check(self, request: ConsistencyCheckRequest) -> ConsistencyCheckResponse:
+        """Stage 3: sign the survivor set (U3) if it is plausible; unmask later needs >= t such signatures."""
+        with self._step(Stage.CONSISTENCY_CHECK):
+            survivors = check_name_list(request.survivors, "survivors")
+            strangers = survivors - frozenset(self._roster)
+            if strangers:
+                raise ProtocolError(f"consistency check refused: {sorted(strangers)} are not in this round's roster")
+            if self.name not in survivors:
+                raise ProtocolError(f"consistency check refused: {self.name!r} sent its input but is not a survivor")
+            alive = len(survivors & self._u2)
+            if alive < self.config.threshold:
+                raise ProtocolError(
+                    f"consistency check refused: {alive} survivors in {self.name!r}'s neighbourhood is below "
+                    f"the threshold {self.config.threshold}"
+                )
+            self._u3 = tuple(sorted(survivors))
+            signature = b""
+            if self._credentials is not None:
+                signature = self._credentials.signer.sign(survivors_payload(self._session, self._u3))
+        return ConsistencyCheckResponse(self.name, signature)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
         """Stage 4: reveal b-shares of survivors and s_sk-shares of dropped nodes, never both for one node."""
         with self._step(Stage.UNMASK):
             survivors = check_name_list(request.survivors, "survivors")
             dropped = check_name_list(request.dropped, "dropped")
+            if tuple(sorted(survivors)) != self._u3:
+                raise ProtocolError("unmask refused: the survivor set differs from the one this node signed")
+            check_survivor_signatures(
+                self._anchor, self._roster, self._session, request.survivors, request.signatures, self.config.threshold
+            )
             if survivors & dropped:
                 raise ProtocolError("unmask refused: a node is listed both as survivor and as dropped")
             strangers = (survivors | dropped) - frozenset(self.config.participants)
@@ -174,6 +220,8 @@ class SecAggClient:
         members: dict[str, AdvertiseKeys] = {}
         for ad in roster.advertisements:
             check_advertisement(self.config, ad)
+            if self._anchor is not None:
+                verify_advertisement(self._anchor, self.config, ad)
             if ad.sender in members:
                 raise ProtocolError(f"roster lists {ad.sender!r} twice")
             members[ad.sender] = ad

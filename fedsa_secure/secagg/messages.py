@@ -29,11 +29,17 @@ class RoundConfig:
 
 @dataclass(frozen=True)
 class AdvertiseKeys:
-    """Stage 0, node -> aggregator: two X25519 public keys (raw 32 bytes)."""
+    """Stage 0, node -> aggregator: two X25519 public keys (raw 32 bytes), optionally signed.
+
+    With credentials, `signature` (ECDSA with the node's TLS key, see `secagg.identity`) and
+    the node's CA-issued `certificate` (PEM) let every peer check the keys came from `sender`.
+    """
 
     sender: str
     channel_public_key: bytes  # c_pk: for sealing Shamir shares to peers
     mask_public_key: bytes  # s_pk: for pairwise masks
+    signature: bytes = b""
+    certificate: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -76,11 +82,28 @@ class MaskedInput:
 
 
 @dataclass(frozen=True)
+class ConsistencyCheckRequest:
+    """Stage 2 -> 3, aggregator -> survivors: who sent a masked input (U3), for each to sign."""
+
+    survivors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConsistencyCheckResponse:
+    """Stage 3, node -> aggregator: its signature over the session and the survivor set."""
+
+    sender: str
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class UnmaskRequest:
-    """Stage 3 -> 4, aggregator -> nodes: who sent a masked input and who dropped after sharing."""
+    """Stage 3 -> 4, aggregator -> signers: who sent a masked input, who dropped after sharing,
+    and every ConsistencyCheck signature, so each node can check all saw the same survivors."""
 
     survivors: tuple[str, ...]
     dropped: tuple[str, ...]
+    signatures: tuple[tuple[str, bytes], ...] = ()  # (signer, signature over the survivor set)
 
 
 @dataclass(frozen=True)

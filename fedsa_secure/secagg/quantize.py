@@ -1,7 +1,7 @@
 """Fixed-point encoding of float vectors into Z_{2^b} with unbiased stochastic rounding.
 
 x in [-clip, clip] maps affinely onto [0, L] with L = 2**level_bits, then rounds up with
-probability equal to the fractional part, so E[quantize(x)] is exactly the scaled x.
+probability equal to the fractional part (to 2**-32), so the expected result is the scaled x.
 A sum of n such values lies in [0, n*L], so the ring must satisfy n*L < 2**b; that is
 checked up front so the sum can never wrap silently.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedsa_secure.crypto import random_words
+from fedsa_secure.crypto import KeystreamReader
 from fedsa_secure.errors import ProtocolError
 from fedsa_secure.secagg.messages import QuantizationSpec, RoundConfig
 from fedsa_secure.secagg.ring import MAX_MODULUS_BITS, RING_DTYPE, check_bits
@@ -49,28 +49,45 @@ def check_capacity(config: RoundConfig) -> None:
         )
 
 
-def quantize(x: np.ndarray, spec: QuantizationSpec) -> np.ndarray:
-    """Clip, scale onto [0, 2**level_bits] and stochastically round; uint32.
+BLOCK = 1 << 16  # values per step: the float64 temporaries (512 KiB each) stay in L2 cache
 
-    A value with fractional part f rounds up iff a fresh uniform 32-bit word u satisfies
-    u < f * 2**32 (exact in float64), i.e. with probability ceil(f * 2**32) / 2**32: the
-    bias is below 2**-32 of one level, and zero whenever f is a multiple of 2**-32 (always
-    the case for scaled values >= 2**20, whose float64 ulp is at least 2**-32).
+
+class Quantizer:
+    """Quantizes consecutive blocks of a vector with shared scratch space and one rounding stream.
+
+    Clip, scale onto [0, 2**level_bits] and stochastically round. Scaling straight to
+    s * 2**32 (exact: a power of two) and truncating to uint64 gives floor(s) in the high and
+    the fraction f = frac(s) as F = floor(f * 2**32) in the low 32-bit half; the value rounds
+    up iff a fresh uniform word u < F, i.e. with probability F / 2**32: the bias is below 2**-32
+    of one level (s <= 2**16 has at least 36 fraction bits, so F is exact). The words come from
+    `rounding`, normally `Randomness.word_reader()` (a fresh random AES key): a predictable
+    source would leak the input through the rounding.
     """
-    scaled = np.array(x, dtype=np.float64)  # a private copy: every step below is in place
-    if not np.all(np.isfinite(scaled)):
-        raise ProtocolError("the vector to aggregate contains NaN or infinite values")
-    levels = float(1 << spec.level_bits)
-    np.clip(scaled, -spec.clip, spec.clip, out=scaled)
-    scaled += spec.clip
-    scaled *= levels / (2.0 * spec.clip)
-    np.clip(scaled, 0.0, levels, out=scaled)  # guard against rounding just past either end
-    floor = np.floor(scaled)
-    scaled -= floor
-    scaled *= 2.0**32
-    rounded = floor.astype(RING_DTYPE)
-    rounded += random_words(scaled.size).reshape(scaled.shape) < scaled
-    return rounded
+
+    def __init__(self, spec: QuantizationSpec, rounding: KeystreamReader) -> None:
+        levels = float(1 << spec.level_bits)
+        self._scale = levels / (2.0 * spec.clip) * 2.0**32
+        self._offset = levels / 2.0 * 2.0**32
+        self._top = levels * 2.0**32
+        self._rounding = rounding
+        self._scaled = np.empty(BLOCK)
+        self._fixed = np.empty(BLOCK, dtype="<u8")
+        self._up = np.empty(BLOCK, dtype=bool)
+
+    def block(self, part: np.ndarray, out: np.ndarray) -> None:
+        """Quantize float64 `part` (at most BLOCK values) into uint32 `out` of the same size."""
+        n = part.size
+        scaled, fixed, up = self._scaled[:n], self._fixed[:n], self._up[:n]
+        if not np.isfinite(part).all():
+            raise ProtocolError("the vector to aggregate contains NaN or infinite values")
+        np.multiply(part, self._scale, out=scaled)
+        scaled += self._offset
+        np.clip(scaled, 0.0, self._top, out=scaled)  # the clip to [-clip, clip], in scaled units
+        fixed[...] = scaled  # truncation = floor for these non-negative values
+        halves = fixed.view("<u4")  # little-endian: [low, high] per value
+        out[...] = halves[1::2]
+        np.less(self._rounding.read(n), halves[0::2], out=up)
+        out += up
 
 
 def dequantize_sum(total: np.ndarray, spec: QuantizationSpec, count: int) -> np.ndarray:

@@ -7,7 +7,7 @@ replayed into another round, redirected to another node or reflected back to its
 
 from __future__ import annotations
 
-from fedsa_secure.crypto import LABEL_SHARE_SEALING, derive_key, open_sealed, seal, shared_secret
+from fedsa_secure.crypto import LABEL_SHARE_SEALING, SYSTEM, Randomness, derive_key, open_sealed, seal, shared_secret
 from fedsa_secure.crypto.aead import NONCE_SIZE, TAG_SIZE
 from fedsa_secure.errors import IntegrityError
 from fedsa_secure.secagg.session import encode_fields
@@ -17,11 +17,17 @@ SEALED_SIZE = NONCE_SIZE + 2 * SHARE_SIZE + TAG_SIZE
 
 
 def seal_shares(
-    channel_private: bytes, peer_public: bytes, session: bytes, sender: str, recipient: str, shares: tuple[bytes, bytes]
+    channel_private: bytes,
+    peer_public: bytes,
+    session: bytes,
+    sender: str,
+    recipient: str,
+    shares: tuple[bytes, bytes],
+    randomness: Randomness = SYSTEM,
 ) -> bytes:
     """Encrypt (b-share, s_sk-share) from `sender` to `recipient`."""
     key = _key(channel_private, peer_public, session, sender, recipient)
-    return seal(key, shares[0] + shares[1], _associated_data(session, sender, recipient))
+    return seal(key, shares[0] + shares[1], _associated_data(session, sender, recipient), randomness)
 
 
 def open_shares(

@@ -1,8 +1,10 @@
 """The aggregator side of a secure-aggregation round, as an explicit stage machine.
 
 Each stage collects messages (receive_*) and is closed by one call that produces the next
-broadcast. A bad message is rejected with ProtocolError and leaves the round untouched; a
-round that cannot finish safely (fewer than t nodes) aborts with AbortRound for good.
+broadcast. A bad message is rejected (ProtocolError, or IntegrityError for a bad signature)
+and leaves the round untouched, so the caller drops just that sender; bad unmask shares are
+found and their sender dropped in finish(). Only a round that cannot finish safely (fewer
+than t nodes left) aborts, with AbortRound, for good.
 Masked inputs are added into a running uint32 sum as they arrive, so memory stays O(m).
 """
 
@@ -13,13 +15,16 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from fedsa_secure.crypto import add_keystreams, public_from_private
+from fedsa_secure.crypto import TrustAnchor, add_keystreams, public_from_private
 from fedsa_secure.errors import AbortRound, IntegrityError, ProtocolError
 from fedsa_secure.secagg import shamir
 from fedsa_secure.secagg.graph import neighbours
+from fedsa_secure.secagg.identity import survivors_payload, verify_advertisement
 from fedsa_secure.secagg.masks import SignedSeed, self_mask_seed, signed_pairwise_seeds
 from fedsa_secure.secagg.messages import (
     AdvertiseKeys,
+    ConsistencyCheckRequest,
+    ConsistencyCheckResponse,
     EncryptedShare,
     MaskedInput,
     Roster,
@@ -41,9 +46,10 @@ from fedsa_secure.secagg.validation import check_advertisement
 class SecAggServer:
     """The aggregator's state for one round; learns only the sum of the survivors' vectors."""
 
-    def __init__(self, config: RoundConfig) -> None:
+    def __init__(self, config: RoundConfig, anchor: TrustAnchor | None = None) -> None:
         validate_config(config)
         self.config = config
+        self._anchor = anchor  # the federation CA: with it, badly signed messages drop their sender
         self._guard = StageGuard(f"secagg server round {config.round}")
         self._advertisements: dict[str, AdvertiseKeys] = {}
         self._session = b""
@@ -52,8 +58,11 @@ class SecAggServer:
         self._u2: tuple[str, ...] = ()
         self._running_sum = np.zeros(config.vector_length, dtype=RING_DTYPE)
         self._masked_from: set[str] = set()
+        self._consistency: ConsistencyCheckRequest | None = None
+        self._signatures: dict[str, bytes] = {}
         self._request: UnmaskRequest | None = None
-        self._responses: dict[str, UnmaskResponse] = {}
+        self._responses: dict[str, tuple[dict[str, bytes], dict[str, bytes]]] = {}  # sender -> (b-, s_sk-shares by owner)
+        self._rejected: dict[str, str] = {}
         self._sum_quantized: np.ndarray | None = None
 
     def __repr__(self) -> str:
@@ -66,10 +75,10 @@ class SecAggServer:
 
     @property
     def survivors(self) -> tuple[str, ...]:
-        """Nodes whose vectors are in the sum (U3); known once unmask_request() has run."""
-        if self._request is None:
-            raise ProtocolError("survivors are not known before unmask_request()")
-        return self._request.survivors
+        """Nodes whose vectors are in the sum (U3); known once consistency_request() has run."""
+        if self._consistency is None:
+            raise ProtocolError("survivors are not known before consistency_request()")
+        return self._consistency.survivors
 
     @property
     def sum_quantized(self) -> np.ndarray:
@@ -96,6 +105,8 @@ class SecAggServer:
         check_advertisement(self.config, msg)
         if msg.sender in self._advertisements:
             raise ProtocolError(f"{msg.sender!r} already advertised keys this round")
+        if self._anchor is not None:
+            verify_advertisement(self._anchor, self.config, msg)
         self._advertisements[msg.sender] = msg
 
     def roster(self) -> Roster:
@@ -151,23 +162,48 @@ class SecAggServer:
         self._running_sum += unpack(msg.packed, self.config.modulus_bits, self.config.vector_length)
         self._masked_from.add(msg.sender)
 
-    def unmask_request(self) -> UnmaskRequest:
-        """Close stage 2: survivors U3 sent masked input; dropped = U2 minus U3."""
+    def consistency_request(self) -> ConsistencyCheckRequest:
+        """Close stage 2: the survivors U3 (who sent masked input) are asked to sign U3."""
         with self._closing(Stage.MASKED_INPUT):
             self._require(len(self._masked_from), "sent masked input")
+            self._consistency = ConsistencyCheckRequest(tuple(sorted(self._masked_from)))
+        return self._consistency
+
+    # Stage 3: ConsistencyCheck
+    def receive_consistency(self, msg: ConsistencyCheckResponse) -> None:
+        """Record a survivor's signature over U3 (verified here when the server has the CA)."""
+        self._guard.expect(Stage.CONSISTENCY_CHECK)
+        survivors = self._consistency_sent().survivors
+        if msg.sender not in survivors:
+            raise ProtocolError(f"{msg.sender!r} is not a survivor of this round")
+        if msg.sender in self._signatures:
+            raise ProtocolError(f"{msg.sender!r} already signed the survivor set")
+        if self._anchor is not None:
+            self._anchor.verify(
+                self._advertisements[msg.sender].certificate, msg.sender,
+                survivors_payload(self._session, survivors), msg.signature,
+            )
+        self._signatures[msg.sender] = msg.signature
+
+    def unmask_request(self) -> UnmaskRequest:
+        """Close stage 3: U3, dropped = U2 minus U3, and every signature; goes to the signers."""
+        with self._closing(Stage.CONSISTENCY_CHECK):
+            self._require(len(self._signatures), "signed the survivor set")
+            survivors = self._consistency_sent().survivors
             self._request = UnmaskRequest(
-                survivors=tuple(sorted(self._masked_from)),
+                survivors=survivors,
                 dropped=tuple(name for name in self._u2 if name not in self._masked_from),
+                signatures=tuple(sorted(self._signatures.items())),
             )
         return self._request
 
     # Stage 4: Unmask
     def receive_unmask(self, msg: UnmaskResponse) -> None:
-        """Record a survivor's shares: b-shares for exactly the survivors, s_sk-shares for exactly the dropped."""
+        """Record a signer's shares: b-shares for exactly the survivors, s_sk-shares for exactly the dropped."""
         self._guard.expect(Stage.UNMASK)
         request = self._unmask_request_sent()
-        if msg.sender not in request.survivors:
-            raise ProtocolError(f"{msg.sender!r} is not a survivor of this round")
+        if msg.sender not in self._signatures:
+            raise ProtocolError(f"{msg.sender!r} did not sign the survivor set of this round")
         if msg.sender in self._responses:
             raise ProtocolError(f"{msg.sender!r} already answered the unmask request")
         neighbourhood = self._graph[msg.sender] | {msg.sender}
@@ -175,29 +211,31 @@ class SecAggServer:
             raise ProtocolError(f"{msg.sender!r} must send one self-mask share per survivor in its neighbourhood")
         if sorted(owner for owner, _ in msg.mask_key_shares) != sorted(neighbourhood & set(request.dropped)):
             raise ProtocolError(f"{msg.sender!r} must send one mask-key share per dropped neighbour")
-        shares = msg.self_mask_shares + msg.mask_key_shares
-        if any(len(share) != shamir.SHARE_SIZE for _, share in shares):
-            raise ProtocolError(f"{msg.sender!r} sent a share that is not {shamir.SHARE_SIZE} bytes")
-        self._responses[msg.sender] = msg
+        if any(not shamir.is_share(share) for _, share in msg.self_mask_shares + msg.mask_key_shares):
+            raise ProtocolError(f"{msg.sender!r} sent a share that is not a {shamir.SHARE_SIZE}-byte field element")
+        self._responses[msg.sender] = (dict(msg.self_mask_shares), dict(msg.mask_key_shares))
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        """Responders whose unmask shares finish() found inconsistent, with the reason; left out of the sum's unmasking."""
+        return dict(self._rejected)
 
     def finish(self) -> np.ndarray:
-        """Close the round: remove self masks and dropped nodes' pairwise masks; the float64 sum."""
+        """Close the round: remove self masks and dropped nodes' pairwise masks; the float64 sum.
+
+        A responder whose shares are inconsistent with the others' is dropped and unmasking is
+        retried without it, so one bad response cannot abort the round for the honest nodes.
+        """
         with self._closing(Stage.UNMASK):
             self._require(len(self._responses), "answered the unmask request")
             request = self._unmask_request_sent()
-            seeds: list[SignedSeed] = []
-            for owner in request.survivors:
-                seed = self._reconstruct(owner, lambda response: response.self_mask_shares)
-                seeds.append((self_mask_seed(seed, self._session), True))
-            for owner in request.dropped:
-                survivor_keys = {
-                    k: self._advertisements[k].mask_public_key for k in self._graph[owner] & set(request.survivors)
-                }
-                mask_private = self._reconstruct(owner, lambda response: response.mask_key_shares)
-                if public_from_private(mask_private) != self._advertisements[owner].mask_public_key:
-                    raise IntegrityError(f"reconstructed mask key of {owner!r} does not match its advertised key")
-                # Survivor k added sign_k(d)*PRG(s_kd) = -sign_d(k)*PRG(s_dk): adding d's signed sum cancels it.
-                seeds += signed_pairwise_seeds(owner, mask_private, survivor_keys, self._session)
+            while True:
+                try:
+                    seeds = self._unmasking_seeds(request)
+                    break
+                except _BadResponder as bad:
+                    self._rejected[bad.name] = bad.reason
+                    del self._responses[bad.name]
             total = self._running_sum.copy()
             add_keystreams(total, seeds)
             total &= modulus_mask(self.config.modulus_bits)
@@ -205,24 +243,100 @@ class SecAggServer:
             result = dequantize_sum(total, self.config.quantization, len(request.survivors))
         return result
 
-    def _unmask_request_sent(self) -> UnmaskRequest:
-        if self._request is None:
-            raise ProtocolError("no unmask request has been sent this round")
-        return self._request
+    def _unmasking_seeds(self, request: UnmaskRequest) -> list[SignedSeed]:
+        seeds: list[SignedSeed] = []
+        checks: dict[tuple[int, ...], tuple[int, ...]] = {}  # one random parity check per holder set
+        for owner in request.survivors:
+            seed = self._recover(owner, True, checks, lambda secret: True)
+            seeds.append((self_mask_seed(seed, self._session), True))
+        for owner in request.dropped:
+            advertised = self._advertisements[owner].mask_public_key
+            mask_private = self._recover(owner, False, checks, lambda key: public_from_private(key) == advertised)
+            survivor_keys = {
+                k: self._advertisements[k].mask_public_key for k in self._graph[owner] & set(request.survivors)
+            }
+            # Survivor k added sign_k(d)*PRG(s_kd) = -sign_d(k)*PRG(s_dk): adding d's signed sum cancels it.
+            seeds += signed_pairwise_seeds(owner, mask_private, survivor_keys, self._session)
+        return seeds
 
-    def _reconstruct(self, owner: str, pick: Callable[[UnmaskResponse], tuple[tuple[str, bytes], ...]]) -> bytes:
-        """Combine the responders' shares of `owner`'s secret (pick chooses b- or s_sk-shares)."""
+    def _recover(
+        self,
+        owner: str,
+        self_mask: bool,
+        checks: dict[tuple[int, ...], tuple[int, ...]],
+        valid: Callable[[bytes], bool],
+    ) -> bytes:
+        """Reconstruct `owner`'s b (self_mask) or s_sk from the responders' shares.
+
+        All shares must lie on one polynomial and the secret must pass `valid`; otherwise the
+        one responder whose removal repairs both is reported (_BadResponder). Identifying it
+        needs redundancy: at least t+2 holders, or t+1 when `valid` checks the secret (s_sk
+        against its advertised public key); otherwise the round aborts rather than guess.
+        """
         holders = sorted((self._graph[owner] | {owner}) & set(self._responses))
         if len(holders) < self.config.threshold:
             raise AbortRound(
                 f"round {self.config.round} aborted: only {len(holders)} of {owner!r}'s neighbourhood answered "
-                f"the unmask request; threshold is {self.config.threshold}"
+                f"the unmask request with consistent shares; threshold is {self.config.threshold}"
             )
-        points = [(x_coordinate(self.config, h), dict(pick(self._responses[h]))[owner]) for h in holders]
-        return shamir.combine(points, self.config.threshold)
+        points = [(x_coordinate(self.config, h), self._share(h, owner, self_mask)) for h in holders]
+        secret = self._combine_checked(points, checks, valid)
+        if secret is not None:
+            return secret
+        suspects = [
+            suspect
+            for index, suspect in enumerate(holders)
+            if self._combine_checked(points[:index] + points[index + 1 :], checks, valid) is not None
+        ]
+        if len(suspects) == 1:  # several would mean too little redundancy to tell who lied
+            kind = "self-mask" if self_mask else "mask-key"
+            raise _BadResponder(suspects[0], f"its {kind} share of {owner!r} is inconsistent with the others'")
+        raise AbortRound(
+            f"round {self.config.round} aborted: the shares of {owner!r} are inconsistent and no single "
+            f"responder can be identified as the cause"
+        )
+
+    def _combine_checked(
+        self, points: list[tuple[int, bytes]], checks: dict[tuple[int, ...], tuple[int, ...]],
+        valid: Callable[[bytes], bool],
+    ) -> bytes | None:
+        if len(points) < self.config.threshold:
+            return None
+        xs = tuple(x for x, _ in points)
+        if xs not in checks:
+            checks[xs] = shamir.parity_check(xs, self.config.threshold)
+        if not shamir.passes(checks[xs], [share for _, share in points]):
+            return None
+        try:
+            secret = shamir.combine(points, self.config.threshold)
+        except IntegrityError:
+            return None
+        return secret if valid(secret) else None
+
+    def _share(self, holder: str, owner: str, self_mask: bool) -> bytes:
+        self_mask_shares, mask_key_shares = self._responses[holder]
+        return (self_mask_shares if self_mask else mask_key_shares)[owner]
+
+    def _consistency_sent(self) -> ConsistencyCheckRequest:
+        if self._consistency is None:
+            raise ProtocolError("no consistency check has been sent this round")
+        return self._consistency
+
+    def _unmask_request_sent(self) -> UnmaskRequest:
+        if self._request is None:
+            raise ProtocolError("no unmask request has been sent this round")
+        return self._request
 
     def _require(self, count: int, what: str) -> None:
         if count < self.config.threshold:
             raise AbortRound(
                 f"round {self.config.round} aborted: only {count} nodes {what}; threshold is {self.config.threshold}"
             )
+
+
+class _BadResponder(Exception):
+    """finish(): one responder's shares are to blame; it is dropped and unmasking retried."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(reason)
+        self.name, self.reason = name, reason

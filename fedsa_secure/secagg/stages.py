@@ -8,8 +8,7 @@ from fedsa_secure.errors import ProtocolError
 
 
 class Stage(Enum):
-    """Stages of a round, in protocol order. CONSISTENCY_CHECK (signed survivor set) is not
-    implemented yet; when it is, it goes between MASKED_INPUT and UNMASK in ROUND_ORDER."""
+    """Stages of a round, in protocol order, then the two final states."""
 
     ADVERTISE_KEYS = "advertise-keys"
     SHARE_KEYS = "share-keys"
@@ -20,7 +19,14 @@ class Stage(Enum):
     ABORTED = "aborted"
 
 
-ROUND_ORDER = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK, Stage.DONE)
+ROUND_ORDER = (
+    Stage.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS,
+    Stage.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK,
+    Stage.UNMASK,
+    Stage.DONE,
+)
 
 
 class StageGuard:

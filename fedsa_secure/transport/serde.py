@@ -239,11 +239,17 @@ def _put_advertise_keys(out: pb.AdvertiseKeys, msg: sa.AdvertiseKeys) -> None:
     out.sender = msg.sender
     out.channel_public_key = msg.channel_public_key
     out.mask_public_key = msg.mask_public_key
+    out.signature = msg.signature
+    out.certificate = msg.certificate
 
 
 def _get_advertise_keys(p: pb.AdvertiseKeys) -> sa.AdvertiseKeys:
     return sa.AdvertiseKeys(
-        sender=p.sender, channel_public_key=p.channel_public_key, mask_public_key=p.mask_public_key
+        sender=p.sender,
+        channel_public_key=p.channel_public_key,
+        mask_public_key=p.mask_public_key,
+        signature=p.signature,
+        certificate=p.certificate,
     )
 
 
@@ -291,13 +297,36 @@ def _get_masked_input(p: pb.MaskedInput) -> sa.MaskedInput:
     return sa.MaskedInput(sender=p.sender, packed=p.packed)
 
 
+def _put_consistency_request(out: pb.ConsistencyCheckRequest, msg: sa.ConsistencyCheckRequest) -> None:
+    out.survivors[:] = msg.survivors
+
+
+def _get_consistency_request(p: pb.ConsistencyCheckRequest) -> sa.ConsistencyCheckRequest:
+    return sa.ConsistencyCheckRequest(survivors=tuple(p.survivors))
+
+
+def _put_consistency_response(out: pb.ConsistencyCheckResponse, msg: sa.ConsistencyCheckResponse) -> None:
+    out.sender = msg.sender
+    out.signature = msg.signature
+
+
+def _get_consistency_response(p: pb.ConsistencyCheckResponse) -> sa.ConsistencyCheckResponse:
+    return sa.ConsistencyCheckResponse(sender=p.sender, signature=p.signature)
+
+
 def _put_unmask_request(out: pb.UnmaskRequest, msg: sa.UnmaskRequest) -> None:
     out.survivors[:] = msg.survivors
     out.dropped[:] = msg.dropped
+    for signer, signature in msg.signatures:
+        out.signatures.add(signer=signer, signature=signature)
 
 
 def _get_unmask_request(p: pb.UnmaskRequest) -> sa.UnmaskRequest:
-    return sa.UnmaskRequest(survivors=tuple(p.survivors), dropped=tuple(p.dropped))
+    return sa.UnmaskRequest(
+        survivors=tuple(p.survivors),
+        dropped=tuple(p.dropped),
+        signatures=tuple((s.signer, s.signature) for s in p.signatures),
+    )
 
 
 def _put_unmask_response(out: pb.UnmaskResponse, msg: sa.UnmaskResponse) -> None:
@@ -322,6 +351,7 @@ _SERVER_TABLE: dict[type, tuple[str, Callable[[Any, Any], None], Callable[[Any],
     m.TrainRequest: ("train_request", _put_train_request, _get_train_request),
     sa.Roster: ("roster", _put_roster, _get_roster),
     sa.ShareDelivery: ("share_delivery", _put_share_delivery, _get_share_delivery),
+    sa.ConsistencyCheckRequest: ("consistency_check_request", _put_consistency_request, _get_consistency_request),
     sa.UnmaskRequest: ("unmask_request", _put_unmask_request, _get_unmask_request),
     m.Shutdown: ("shutdown", _put_shutdown, _get_shutdown),
     m.Wait: ("wait", _put_wait, _get_wait),
@@ -333,6 +363,7 @@ _CLIENT_TABLE: dict[type, tuple[str, Callable[[Any, Any], None], Callable[[Any],
     sa.AdvertiseKeys: ("advertise_keys", _put_advertise_keys, _get_advertise_keys),
     sa.ShareKeys: ("share_keys", _put_share_keys, _get_share_keys),
     sa.MaskedInput: ("masked_input", _put_masked_input, _get_masked_input),
+    sa.ConsistencyCheckResponse: ("consistency_check_response", _put_consistency_response, _get_consistency_response),
     sa.UnmaskResponse: ("unmask_response", _put_unmask_response, _get_unmask_response),
 }
 _SERVER_ENCODERS = {t: (field, put) for t, (field, put, _) in _SERVER_TABLE.items()}

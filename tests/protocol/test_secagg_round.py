@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 from dataclasses import replace
 
 import numpy as np
@@ -16,6 +17,7 @@ from fedsa_secure.secagg.client import SecAggClient
 from fedsa_secure.crypto import add_keystreams
 from fedsa_secure.secagg.masks import signed_pairwise_seeds
 from fedsa_secure.secagg.messages import (
+    ConsistencyCheckRequest,
     EncryptedShare,
     MaskedInput,
     QuantizationSpec,
@@ -33,9 +35,12 @@ from fedsa_secure.secagg.stages import Stage
 LEVEL_BITS = 8
 SPEC = QuantizationSpec(clip=1.0, level_bits=LEVEL_BITS)
 STEP = quantization_step(SPEC)
+T = TypeVar("T")
 
 # A node's last completed stage before it vanishes.
-AFTER_ADVERTISE, AFTER_SHARE, AFTER_MASKED = "advertise", "share", "masked"
+BEFORE_ADVERTISE, AFTER_ADVERTISE, AFTER_SHARE, AFTER_MASKED, AFTER_CONSISTENCY = (
+    "vanishes during advertise", "advertise", "share", "masked", "consistency"
+)
 
 
 def make_config(n: int, t: int, m: int, level_bits: int = LEVEL_BITS) -> RoundConfig:
@@ -56,6 +61,17 @@ def grid_vector(rng: np.random.Generator, m: int) -> np.ndarray:
     return -1.0 + rng.integers(0, 2**LEVEL_BITS + 1, size=m) * STEP
 
 
+def _answers(names: list[str], ask: Callable[[str], T]) -> list[tuple[str, T]]:
+    """Each node's answer; a node that refuses (e.g. too few neighbours left) leaves the round."""
+    answers = []
+    for name in names:
+        try:
+            answers.append((name, ask(name)))
+        except (AbortRound, ProtocolError):
+            continue
+    return answers
+
+
 def run_round(
     config: RoundConfig, vectors: Mapping[str, np.ndarray], drop_after: Mapping[str, str] | None = None
 ) -> tuple[np.ndarray, SecAggServer]:
@@ -65,20 +81,25 @@ def run_round(
     clients = {name: SecAggClient(name, config) for name in config.participants}
     alive = list(config.participants)
 
+    alive = [n for n in alive if drop_after.get(n) != BEFORE_ADVERTISE]
     for name in alive:
         server.receive_advertise(clients[name].advertise())
     roster = server.roster()
     alive = [n for n in alive if drop_after.get(n) != AFTER_ADVERTISE]
-    for name in alive:
-        server.receive_shares(clients[name].share_keys(roster))
+    for name, msg in _answers(alive, lambda n: clients[n].share_keys(roster)):
+        server.receive_shares(msg)
     deliveries = server.deliveries()
-    alive = [n for n in alive if drop_after.get(n) != AFTER_SHARE]
-    for name in alive:
-        server.receive_masked(clients[name].masked_input(deliveries[name], vectors[name]))
+    alive = [n for n in alive if drop_after.get(n) != AFTER_SHARE and n in deliveries]
+    for name, msg in _answers(alive, lambda n: clients[n].masked_input(deliveries[n], vectors[n])):
+        server.receive_masked(msg)
+    check = server.consistency_request()
+    alive = [n for n in check.survivors if drop_after.get(n) != AFTER_MASKED]
+    for name, msg in _answers(alive, lambda n: clients[n].consistency_check(check)):
+        server.receive_consistency(msg)
     request = server.unmask_request()
-    alive = [n for n in alive if drop_after.get(n) != AFTER_MASKED]
-    for name in alive:
-        server.receive_unmask(clients[name].unmask(request))
+    alive = [n for n, _ in request.signatures if drop_after.get(n) != AFTER_CONSISTENCY]
+    for name, msg in _answers(alive, lambda n: clients[n].unmask(request)):
+        server.receive_unmask(msg)
     return server.finish(), server
 
 
@@ -114,12 +135,15 @@ def test_dropout_after_share_keys_gives_survivors_sum() -> None:
 
 
 def test_dropouts_at_every_stage_still_sum_exactly() -> None:
-    config = make_config(7, 4, 100)
+    config = make_config(11, 6, 100)
     rng = np.random.default_rng(4)
     vectors = {name: grid_vector(rng, 100) for name in config.participants}
-    drops = {"node01": AFTER_ADVERTISE, "node03": AFTER_SHARE, "node05": AFTER_MASKED}
+    drops = {
+        "node00": BEFORE_ADVERTISE, "node01": AFTER_ADVERTISE, "node03": AFTER_SHARE,
+        "node05": AFTER_MASKED, "node07": AFTER_CONSISTENCY,
+    }
     result, server = run_round(config, vectors, drops)
-    assert server.survivors == ("node00", "node02", "node04", "node05", "node06")
+    assert server.survivors == ("node02", "node04", "node05", "node06", "node07", "node08", "node09", "node10")
     assert np.array_equal(result, sum(vectors[n] for n in server.survivors))
 
 
@@ -215,33 +239,62 @@ def test_out_of_order_and_repeated_calls_refused() -> None:
         server.finish()
 
 
+def _through_consistency(config: RoundConfig) -> tuple[SecAggServer, dict[str, SecAggClient], UnmaskRequest]:
+    """Everyone masks zeros and signs the survivor set; returns the genuine unmask request."""
+    server, clients, deliveries = _through_share_keys(config)
+    for name, client in clients.items():
+        server.receive_masked(client.masked_input(deliveries[name], np.zeros(config.vector_length)))
+    check = server.consistency_request()
+    for client in clients.values():
+        server.receive_consistency(client.consistency_check(check))
+    return server, clients, server.unmask_request()
+
+
 def test_unmask_refuses_overlap_and_then_stays_aborted() -> None:
     config = make_config(3, 2, 4)
-    server, clients, deliveries = _through_share_keys(config)
+    _, clients, request = _through_consistency(config)
     client = clients["node00"]
-    client.masked_input(deliveries["node00"], np.zeros(4))
     with pytest.raises(ProtocolError, match="both"):
-        client.unmask(UnmaskRequest(("node00", "node01", "node02"), ("node02",)))
+        client.unmask(replace(request, dropped=("node02",)))
     assert client.stage is Stage.ABORTED
     with pytest.raises(ProtocolError):  # no second chance with another split
-        client.unmask(UnmaskRequest(("node00", "node01"), ("node02",)))
+        client.unmask(request)
 
 
 @pytest.mark.parametrize(
-    ("request_", "match"),
+    ("survivors", "match"),
     [
-        (UnmaskRequest(("node00",), ("node01", "node02")), "below the threshold"),
-        (UnmaskRequest(("node00", "node01", "node09"), ()), "not participants"),
-        (UnmaskRequest(("node01", "node02"), ("node00",)), "not listed as a survivor"),
-        (UnmaskRequest(("node00", "node00", "node01"), ()), "duplicates"),
+        (("node00",), "below the threshold"),
+        (("node00", "node01", "node09"), "not in this round's roster"),
+        (("node01", "node02"), "not a survivor"),
+        (("node00", "node00", "node01"), "duplicates"),
     ],
 )
-def test_unmask_refuses_bad_requests(request_: UnmaskRequest, match: str) -> None:
+def test_consistency_check_refuses_bad_survivor_sets(survivors: tuple[str, ...], match: str) -> None:
     config = make_config(3, 2, 4)
     _, clients, deliveries = _through_share_keys(config)
     clients["node00"].masked_input(deliveries["node00"], np.zeros(4))
     with pytest.raises(ProtocolError, match=match):
-        clients["node00"].unmask(request_)
+        clients["node00"].consistency_check(ConsistencyCheckRequest(survivors))
+    assert clients["node00"].stage is Stage.ABORTED
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"survivors": ("node00", "node01")}, "differs from the one this node signed"),
+        ({"signatures": (("node00", b""),)}, "only 1 survivors signed"),
+        ({"signatures": (("node00", b""), ("node00", b""))}, "twice"),
+        ({"signatures": (("node00", b""), ("node07", b""))}, "not survivors"),
+        ({"dropped": ("node09",)}, "not participants"),
+    ],
+)
+def test_unmask_refuses_bad_requests(change: dict[str, object], match: str) -> None:
+    config = make_config(3, 2, 4)
+    _, clients, request = _through_consistency(config)
+    with pytest.raises(ProtocolError, match=match):
+        clients["node00"].unmask(replace(request, **change))  # type: ignore[arg-type]
+    assert clients["node00"].stage is Stage.ABORTED
 
 
 def test_tampered_misaddressed_or_duplicated_shares_refused() -> None:
@@ -347,35 +400,36 @@ def test_repr_hides_secrets() -> None:
     assert client._self_seed.hex() not in text  # noqa: SLF001 - checking the secret does not leak
 
 
+STAGES = [None, BEFORE_ADVERTISE, AFTER_ADVERTISE, AFTER_SHARE, AFTER_MASKED, AFTER_CONSISTENCY]
+
+
 @st.composite
-def round_scenarios(draw: st.DrawFn) -> tuple[int, int, int, str | None, int, int]:
-    n = draw(st.integers(3, 7))
-    t = draw(st.integers(n // 2 + 1, n))
-    m = draw(st.integers(1, 40))
-    stage = draw(st.sampled_from([None, AFTER_ADVERTISE, AFTER_SHARE, AFTER_MASKED]))
-    dropped = draw(st.integers(0, n - 1))
-    seed = draw(st.integers(0, 2**32 - 1))
-    return n, t, m, stage, dropped, seed
+def round_scenarios(draw: st.DrawFn) -> tuple[RoundConfig, dict[str, str], int]:
+    """Random n, k (classic or SecAgg+), t, vector length and a vanishing stage per node."""
+    n = draw(st.integers(3, 9))
+    k = draw(st.sampled_from([k for k in range(2, n) if not (k % 2 and n % 2)]))
+    t = draw(st.integers((k + 1) // 2 + 1, k + 1))
+    config = replace(make_config(n, t, draw(st.integers(1, 24))), degree=0 if k == n - 1 else k)
+    stages = draw(st.lists(st.sampled_from(STAGES), min_size=n, max_size=n))
+    drops = {name: stage for name, stage in zip(config.participants, stages) if stage}
+    return config, drops, draw(st.integers(0, 2**32 - 1))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(round_scenarios())
-def test_property_exact_sum_or_abort(scenario: tuple[int, int, int, str | None, int, int]) -> None:
-    n, t, m, stage, dropped_index, seed = scenario
-    config = make_config(n, t, m)
+def test_property_exact_sum_or_abort(scenario: tuple[RoundConfig, dict[str, str], int]) -> None:
+    """Any n, k, t and dropout pattern: the exact sum of exactly the masked inputs, or AbortRound."""
+    config, drops, seed = scenario
     rng = np.random.default_rng(seed)
-    vectors = {name: grid_vector(rng, m) for name in config.participants}
-    dropped = config.participants[dropped_index]
-    drops = {dropped: stage} if stage else {}
+    vectors = {name: grid_vector(rng, config.vector_length) for name in config.participants}
     try:
         result, server = run_round(config, vectors, drops)
     except AbortRound:
-        assert stage is not None and n - 1 < t  # aborting is only allowed below the threshold
+        assert drops  # a round without dropouts always completes
         return
-    left_early = stage in (AFTER_ADVERTISE, AFTER_SHARE)
-    expected_members = [name for name in config.participants if not (left_early and name == dropped)]
-    assert list(server.survivors) == expected_members
-    assert np.array_equal(result, sum(vectors[name] for name in expected_members))
+    masked = [n for n in config.participants if drops.get(n) not in (BEFORE_ADVERTISE, AFTER_ADVERTISE, AFTER_SHARE)]
+    assert set(server.survivors) <= set(masked)  # a node may refuse on its own when its neighbours vanish
+    assert np.array_equal(result, sum(vectors[name] for name in server.survivors))
 
 
 def test_session_id_binds_config_and_keys_unambiguously() -> None:

@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedsa_secure.crypto import (
+    KeystreamAdder,
     add_keystreams,
     LABEL_PAIRWISE_MASK,
     LABEL_SELF_MASK,
@@ -24,7 +25,8 @@ from fedsa_secure.crypto import (
     seal,
     sha256,
     shared_secret,
-    random_words,
+    SYSTEM,
+    FixedRandomness,
 )
 from fedsa_secure.errors import IntegrityError
 
@@ -128,11 +130,31 @@ def test_prg_rejects_short_seed() -> None:
 
 
 def test_random_words_are_uniform_and_fresh() -> None:
-    u = random_words(100_000)
+    reader = SYSTEM.word_reader()
+    u = np.concatenate([reader.read(50_000).copy(), reader.read(50_000).copy()])
     assert u.dtype == np.dtype("<u4") and u.shape == (100_000,)
     assert abs(u.mean() / 2.0**32 - 0.5) < 0.005
-    assert len(np.unique(u)) > 99_990
-    assert not np.array_equal(random_words(1000), random_words(1000))
+    assert len(np.unique(u)) > 99_990  # the second read continues the stream, it does not repeat it
+    assert not np.array_equal(SYSTEM.word_reader().read(1000), SYSTEM.word_reader().read(1000))
+
+
+def test_fixed_randomness_is_one_reproducible_stream() -> None:
+    first = FixedRandomness(bytes(32))
+    assert first.bytes(5) + first.bytes(7) == FixedRandomness(bytes(32)).bytes(12) == keystream_bytes(bytes(32), 12)
+    assert "seed" in repr(first) and bytes(32).hex() not in repr(first)
+
+
+def test_keystream_adder_in_chunks_equals_whole_streams() -> None:
+    seeds = [(bytes([1]) * 32, False), (bytes([2]) * 32, True)]
+    whole = np.zeros(70_000, dtype="<u4")
+    add_keystreams(whole, seeds)
+    expected = keystream_words(seeds[0][0], 70_000) - keystream_words(seeds[1][0], 70_000)
+    assert np.array_equal(whole, expected)
+    chunked = np.zeros(70_000, dtype="<u4")
+    adder = KeystreamAdder(seeds)
+    for start in (0, 100, 65_636):
+        adder.add_to(chunked[start : {0: 100, 100: 65_636, 65_636: 70_000}[start]])
+    assert np.array_equal(chunked, expected)
 
 
 def test_prg_is_aes256_ctr_from_counter_two() -> None:

@@ -78,6 +78,22 @@ def test_a_single_record_node_survives_empty_poisson_batches(teacher, small_node
     assert np.all(np.isfinite(r.update)) and r.steps == 4
 
 
+def test_prv_calibration_matches_opacus_bisection_with_fewer_evaluations(monkeypatch):
+    from fedsa_secure.privacy import accounting
+
+    made = []
+    real = accounting.create_accountant
+    monkeypatch.setattr(accounting, "create_accountant", lambda **kw: made.append(kw) or real(**kw))
+    accounting.calibrate_noise.cache_clear()
+    accounting._epsilon_cached.cache_clear()
+    sigma = accounting.calibrate_noise(8.0, 1e-5, 0.25, 4, "prv")
+    assert 1 <= len(made) <= 6  # Opacus's bisection from [0, 20] needs about 15 PRV evaluations
+    eps = epsilon_of([(sigma, 0.25, 4)], 1e-5, "prv")
+    assert 8.0 - accounting.EPSILON_TOLERANCE <= eps <= 8.0
+    # get_noise_multiplier(target_epsilon=8, target_delta=1e-5, sample_rate=0.25, steps=4, accountant="prv")
+    assert sigma == pytest.approx(0.6915283203125, rel=0.005)
+
+
 def test_history_helpers_merge_like_opacus():
     h = extend_history([], 1.1, 0.25, 4)
     assert h == [(1.1, 0.25, 4)]
@@ -88,8 +104,29 @@ def test_history_helpers_merge_like_opacus():
     assert set(library_versions()) == {"torch", "opacus", "dp_accounting", "numpy"}
 
 
+def test_defaults_are_the_measured_recipe():
+    d = DPSettings()
+    assert (d.optimizer, d.learning_rate, d.momentum, d.max_grad_norm) == ("sgd", 0.1, 0.9, 1.0)
+    assert (d.local_epochs, d.batch_size, d.planned_rounds, d.target_epsilon, d.delta) == (2, 64, 5, 8.0, 1e-5)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_both_optimizers_train_and_sgd_moves_the_proxy_further(teacher, small_node, student_state, optimizer):
+    settings = DPSettings(target_epsilon=8.0, planned_rounds=1, local_epochs=2, batch_size=30, accountant="rdp",
+                          optimizer=optimizer, learning_rate=0.1 if optimizer == "sgd" else 1e-3)
+    d = DPDistiller(teacher, small_node, settings, seed=0, mechanism_seed=1)
+    assert type(d._optimizer.original_optimizer).__name__ == {"sgd": "SGD", "adam": "Adam"}[optimizer]
+    r = d.train_round(student_state)
+    assert np.all(np.isfinite(r.update)) and r.steps == 8
+    # 8 steps of Adam move each coordinate by at most ~8 * lr; SGD with momentum moves it more.
+    biggest = float(np.abs(r.update).max())
+    assert biggest < 0.5 and (biggest > 0.01 if optimizer == "sgd" else biggest < 8 * 1e-3 + 1e-6)
+
+
 @pytest.mark.parametrize(
-    "field, value", [("target_epsilon", 0.0), ("delta", 1.0), ("planned_rounds", 0), ("accountant", "gdp")]
+    "field, value",
+    [("target_epsilon", 0.0), ("delta", 1.0), ("planned_rounds", 0), ("accountant", "gdp"), ("optimizer", "lbfgs"),
+     ("momentum", 1.0)],
 )
 def test_invalid_settings_are_config_errors(field, value):
     with pytest.raises(ConfigError, match=field):

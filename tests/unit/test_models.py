@@ -4,6 +4,7 @@ import torch
 from opacus.validators import ModuleValidator
 
 from fedsa_secure.models import (
+    ConvNet,
     Translator,
     backbone_state,
     flatten_state,
@@ -26,6 +27,19 @@ def test_shapes_of_student_teacher_and_translator():
     assert phi(s.features(x)).shape == (3, 64, 4, 4)
     convs = [m for m in phi.modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 3 and all(c.kernel_size == (1, 1) for c in convs)
+
+
+def test_spatial_head_is_the_default_and_pooled_remains_available():
+    x = torch.rand(3, 1, 8, 8)
+    s = make_student(10, seed=0)
+    assert s.head_type == "spatial" and s.head.in_features == 32 * 16 == s.head_in_features
+    torch.testing.assert_close(s(x), s.head(s.features(x).flatten(1)))
+    pooled = ConvNet(16, 10, head="pooled")
+    assert pooled.head.in_features == 32
+    torch.testing.assert_close(pooled(x), pooled.head(pooled.features(x).mean(dim=(2, 3))))
+    assert s.new_head(4).in_features == 512 and s.new_head(4).out_features == 4
+    with pytest.raises(ValueError, match="head"):
+        ConvNet(16, 10, head="gap")
 
 
 def test_models_are_opacus_compatible():

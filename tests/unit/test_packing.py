@@ -7,7 +7,7 @@ import pytest
 
 from fedsa_secure.crypto import keystream_words
 from fedsa_secure.errors import ProtocolError
-from fedsa_secure.secagg.packing import pack, packed_size, unpack
+from fedsa_secure.secagg.packing import Packer, pack, packed_size, unpack
 
 
 def _values(count: int, bits: int) -> np.ndarray:
@@ -51,3 +51,17 @@ def test_out_of_range_values_rejected() -> None:
         pack(np.array([8], dtype=np.uint32), 3)
     with pytest.raises(ValueError):
         pack(np.array([-1], dtype=np.int64), 3)
+
+
+@pytest.mark.parametrize("bits", [5, 16, 22])
+def test_packer_blocks_concatenate_to_the_whole_encoding(bits: int) -> None:
+    values = np.random.default_rng(bits).integers(0, 2**bits, 1000).astype(np.uint32)
+    packer = Packer(values.size, bits)
+    for start in (0, 128, 576):  # multiples of 64; the last block ends in a partial group
+        packer.put(start, values[start : {0: 128, 128: 576, 576: 1000}[start]])
+    assert packer.tobytes() == pack(values, bits)
+
+
+def test_packer_refuses_a_block_off_the_group_grid() -> None:
+    with pytest.raises(ValueError, match="multiple of 64"):
+        Packer(1000, 22).put(3, np.zeros(10, dtype=np.uint32))

@@ -10,10 +10,22 @@ from fedsa_secure.secagg.messages import QuantizationSpec, RoundConfig
 from fedsa_secure.secagg.quantize import (
     check_capacity,
     dequantize_sum,
+    BLOCK,
+    Quantizer,
     quantization_step,
-    quantize,
     required_modulus_bits,
 )
+from fedsa_secure.crypto import SYSTEM
+
+
+def quantize(x: np.ndarray, spec: QuantizationSpec) -> np.ndarray:
+    """The whole vector through one Quantizer, block by block, as masking does."""
+    values = np.asarray(x, dtype=np.float64)
+    out = np.empty(values.size, dtype=np.uint32)
+    quantizer = Quantizer(spec, SYSTEM.word_reader())
+    for start in range(0, values.size, BLOCK):
+        quantizer.block(values[start : start + BLOCK], out[start : start + BLOCK])
+    return out
 
 
 def _config(n: int, level_bits: int, modulus_bits: int) -> RoundConfig:

@@ -76,7 +76,10 @@ SERVER_MESSAGES: list[m.ServerMessage] = [
     ),
     sa.Roster(advertisements=()),
     sa.ShareDelivery(shares=SHARES),
-    sa.UnmaskRequest(survivors=("node-1", "node-3"), dropped=("node-2",)),
+    sa.ConsistencyCheckRequest(survivors=("node-1", "node-3")),
+    sa.UnmaskRequest(
+        survivors=("node-1", "node-3"), dropped=("node-2",), signatures=(("node-1", b"sig1"), ("node-3", b"\x00"))
+    ),
     m.Shutdown(reason="run complete"),
     m.Wait(),
 ]
@@ -86,6 +89,11 @@ CLIENT_MESSAGES: list[m.ClientMessage] = [
     m.Decline(round=4, reason="privacy budget exhausted: epsilon 8.1 > 8.0"),
     m.PrivacyStatus(round=4, epsilon=7.9, delta=1e-5, target_epsilon=8.0, rounds_trained=3),
     sa.AdvertiseKeys(sender="node-1", channel_public_key=bytes(32), mask_public_key=b"\xff" * 32),
+    sa.AdvertiseKeys(
+        sender="node-2", channel_public_key=b"c" * 32, mask_public_key=b"s" * 32,
+        signature=b"\x30\x45sig", certificate=b"-----BEGIN CERTIFICATE-----\n",
+    ),
+    sa.ConsistencyCheckResponse(sender="node-1", signature=b"\x30\x44sig"),
     sa.ShareKeys(sender="node-1", shares=SHARES),
     sa.MaskedInput(sender="node-1", packed=RNG.bytes(1000)),
     sa.UnmaskResponse(

@@ -74,3 +74,16 @@ def test_bad_inputs_refused() -> None:
         shamir.combine([(1, shares[0]), (2, shares[1][:-1])], 2)
     with pytest.raises(ProtocolError):
         shamir.combine([(1, shares[0]), (2, b"\xff" * shamir.SHARE_SIZE)], 2)
+
+
+def test_parity_check_accepts_consistent_shares_and_catches_any_altered_one() -> None:
+    xs = list(range(1, 9))
+    shares = shamir.split(bytes(range(32)), 4, xs)
+    check = shamir.parity_check(xs, 4)
+    assert shamir.passes(check, shares)
+    for index in range(len(shares)):
+        altered = list(shares)
+        altered[index] = ((int.from_bytes(altered[index], "big") + 1) % shamir.PRIME).to_bytes(shamir.SHARE_SIZE, "big")
+        assert not shamir.passes(check, altered)
+    # t points always fit a polynomial of degree < t: nothing to check.
+    assert shamir.parity_check(xs[:4], 4) == (0, 0, 0, 0)

@@ -1,0 +1,149 @@
+"""Recompute a ledger's epsilon with four independent accountants, so a privacy claim does not rest on one library.
+
+The ledger records each charge's mechanism (noise multiplier, sample rate, steps, delta). From
+those alone the audit rebuilds the node's whole history and asks Opacus (PRV, RDP) and Google's
+dp-accounting (PLD, RDP) for the cumulative epsilon. The accountant the node used must reproduce
+every recorded epsilon (within PRV's own error bound); the others show how much the figure
+depends on the accounting method (RDP is a looser upper bound by construction).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from dp_accounting import dp_event
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+
+from fedsa_secure.privacy.accounting import History, epsilon_of, extend_history
+
+# Opacus PRV's default eps_error: its epsilon is exact only to this much, so a recompute within it agrees.
+RECOMPUTE_TOLERANCE = 0.01
+ACCOUNTANTS = ("opacus_prv", "opacus_rdp", "dp_accounting_pld", "dp_accounting_rdp")
+OPACUS_NAMES = {"prv": "opacus_prv", "rdp": "opacus_rdp"}
+
+
+@dataclass(frozen=True)
+class EntryCheck:
+    """One ledger entry: its recorded epsilon against a recompute with the accountant it names."""
+
+    seq: int
+    round: int
+    recorded: float
+    recomputed: float | None
+    ok: bool
+
+
+@dataclass(frozen=True)
+class NodeCrossCheck:
+    """A node's final cumulative epsilon under every accountant, and where the figures disagree."""
+
+    delta: float
+    accountant: str
+    recorded: float
+    figures: dict[str, float | None]
+    errors: dict[str, str]
+    largest_disagreement: float  # max |figure - recorded| over the accountants that answered
+    largest_disagreement_with: str | None
+    entries: list[EntryCheck] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"ok": self.ok}
+
+
+def histories(entries: Sequence[dict[str, Any]]) -> list[History]:
+    """The cumulative Opacus-style history after each entry, rebuilt from the recorded parameters only."""
+    out: list[History] = []
+    history: History = []
+    for entry in entries:
+        history = extend_history(history, float(entry["noise_multiplier"]), float(entry["sample_rate"]), int(entry["steps"]))
+        out.append(history)
+    return out
+
+
+def epsilon_by(accountant: str, history: History, delta: float) -> float:
+    """Cumulative epsilon of `history` at `delta` under one of ACCOUNTANTS (inf without noise)."""
+    if any(sigma <= 0 for sigma, _, _ in history):
+        return math.inf
+    frozen = tuple((float(s), float(q), int(n)) for s, q, n in history)
+    if accountant == "opacus_prv":
+        return epsilon_of(list(frozen), delta, "prv")
+    if accountant == "opacus_rdp":
+        return epsilon_of(list(frozen), delta, "rdp")
+    if accountant in ("dp_accounting_pld", "dp_accounting_rdp"):
+        return _google_epsilon(accountant, frozen, delta)
+    raise ValueError(f"unknown accountant {accountant!r}; choose from {ACCOUNTANTS}")
+
+
+def dp_event_of(history: Sequence[tuple[float, float, int]]) -> dp_event.DpEvent:
+    """DP-SGD with Poisson sampling as dp-accounting sees it: each step a Poisson-subsampled Gaussian."""
+    return dp_event.ComposedDpEvent([
+        dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+        for sigma, q, steps in history
+    ])
+
+
+@lru_cache(maxsize=128)
+def _google_epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    engine = PLDAccountant() if accountant == "dp_accounting_pld" else RdpAccountant()
+    absl = logging.getLogger("absl")
+    level = absl.level
+    # RDP drops fractional orders whose series does not converge and says so per order; the bound stays valid.
+    absl.setLevel(logging.ERROR)
+    try:
+        engine.compose(dp_event_of(history))
+        return float(engine.get_epsilon(delta))
+    finally:
+        absl.setLevel(level)
+
+
+def crosscheck(entries: Sequence[dict[str, Any]]) -> NodeCrossCheck | None:
+    """Recompute every entry with its own accountant and the last one with all four (None for an empty ledger)."""
+    if not entries:
+        return None
+    cumulative = histories(entries)
+    checks, problems = [], []
+    for entry, history in zip(entries, cumulative):
+        recomputed = _try(OPACUS_NAMES.get(str(entry["accountant"]), ""), history, float(entry["delta"]))
+        ok = recomputed is not None and abs(recomputed - float(entry["epsilon"])) <= RECOMPUTE_TOLERANCE
+        checks.append(EntryCheck(int(entry["seq"]), int(entry["round"]), float(entry["epsilon"]), recomputed, ok))
+        if not ok:
+            problems.append(
+                f"entry {entry['seq']} (round {entry['round']}) records epsilon {float(entry['epsilon']):.4f}, "
+                f"its parameters give {recomputed if recomputed is None else round(recomputed, 4)} "
+                f"under {entry['accountant']}"
+            )
+        if float(entry["delta"]) != float(entries[0]["delta"]):
+            problems.append(f"entry {entry['seq']} changes delta mid-ledger ({entries[0]['delta']} -> {entry['delta']})")
+    last = entries[-1]
+    delta, recorded = float(last["delta"]), float(last["epsilon"])
+    figures: dict[str, float | None] = {}
+    errors: dict[str, str] = {}
+    for name in ACCOUNTANTS:
+        try:
+            figures[name] = epsilon_by(name, cumulative[-1], delta)
+        except Exception as exc:  # an accountant that cannot answer is reported, not fatal
+            figures[name], errors[name] = None, f"{type(exc).__name__}: {exc}"
+    answered = {k: v for k, v in figures.items() if v is not None}
+    worst = max(answered, key=lambda k: abs(answered[k] - recorded), default=None)
+    return NodeCrossCheck(
+        delta, str(last["accountant"]), recorded, figures, errors,
+        abs(answered[worst] - recorded) if worst else math.nan, worst, checks, problems,
+    )
+
+
+def _try(accountant: str, history: History, delta: float) -> float | None:
+    try:
+        return epsilon_by(accountant, history, delta)
+    except Exception:  # an unknown accountant name or a library failure: reported by the caller as a mismatch
+        return None

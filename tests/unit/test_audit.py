@@ -1,0 +1,185 @@
+"""`fedsa-secure audit`: a tampered ledger fails with the first bad entry named; an intact run passes and is reported."""
+
+import json
+import re
+
+import pytest
+
+from fedsa_secure.errors import LedgerError
+from fedsa_secure.privacy.audit import run_audit
+from fedsa_secure.privacy.crosscheck import epsilon_by
+from fedsa_secure.privacy.ledger import (
+    GENESIS, Ledger, LedgerHead, entry_hash, head_path, read_entries, read_head, write_head,
+)
+
+SIGMA, Q, STEPS = 0.86181640625, 1 / 6, 12  # the demo's mechanism: one round is 12 steps
+
+
+def epsilon_after(rounds: int) -> float:
+    return epsilon_by("opacus_prv", [(SIGMA, Q, STEPS * rounds)], 1e-5)
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run where node-1 trained in rounds 1 and 2, node-2 in round 2 only, node-3 never."""
+    run_dir = tmp_path / "run"
+    trained = {"node-1": [1, 2], "node-2": [2], "node-3": []}
+    for name, rounds in trained.items():
+        ledger = Ledger(run_dir / "ledgers" / f"{name}.jsonl") if rounds else None
+        for count, number in enumerate(rounds, start=1):
+            ledger.append({"node": name, "round": number, "noise_multiplier": SIGMA, "sample_rate": Q, "steps": STEPS,
+                           "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "prv", "epsilon": epsilon_after(count),
+                           "target_epsilon": 8.0, "secret_note": "do-not-copy"})
+    spent = {1: {"node-1": epsilon_after(1), "node-2": 0.0, "node-3": 0.0},
+             2: {"node-1": epsilon_after(2), "node-2": epsilon_after(1), "node-3": 0.0}}
+    summary = {
+        "method": "fedsa", "student_accuracy": 0.8, "scratch_accuracy": 0.84, "rounds": 2, "probe_size": 50, "test_size": 359,
+        "run_dir": str(run_dir), "seconds": 1.0,
+        "nodes": [{"name": n, "epsilon": spent[2][n], "delta": 1e-5, "target_epsilon": 8.0, "rounds_trained": len(r),
+                   "declines": 0} for n, r in trained.items()],
+        "history": [{"round": r, "cohort": ["node-1", "node-2"], "survivors": ["node-1", "node-2"],
+                     "probabilities": {"node-1": 0.5, "node-2": 0.3, "node-3": 0.2}, "accuracy": 0.8, "seconds": 1.0,
+                     "epsilon": spent[r], "aborted": None} for r in (1, 2)],
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+def node1(run_dir):
+    return run_dir / "ledgers" / "node-1.jsonl"
+
+
+def rewrite(path, entries):
+    path.write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+
+def audit_json(path, capsys, **kwargs) -> tuple[int, dict]:
+    status = run_audit(path, json_output=True, empirical=False, out=kwargs.get("out"))
+    return status, json.loads(capsys.readouterr().out)
+
+
+def node_report(report, name="node-1"):
+    return next(n for n in report["nodes"] if n["name"] == name)
+
+
+def test_intact_run_passes_and_writes_both_reports(run, capsys):
+    status, report = audit_json(run, capsys)
+    assert status == 0 and report["verdict"] == {"ok": True, "problems": []}
+    assert report["schema"] == "fedsa-secure/privacy-report" and report["schema_version"] == 1
+    n1, n3 = node_report(report), node_report(report, "node-3")
+    assert n1["rounds_trained"] == 2 and n1["epsilon"] == pytest.approx(7.9983, abs=1e-3)
+    assert n1["remaining_epsilon"] == pytest.approx(8.0 - n1["epsilon"])
+    assert n1["crosscheck"]["ok"] and n1["crosscheck"]["figures"]["dp_accounting_pld"] == pytest.approx(7.9877, abs=1e-3)
+    assert [d for d, _ in n1["epsilon_delta_curve"]["points"]] == [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
+    curve = [e for _, e in n1["epsilon_delta_curve"]["points"]]
+    assert curve == sorted(curve, reverse=True) and curve[3] == pytest.approx(n1["epsilon"])
+    assert n3["ledger"]["present"] is False and n3["ledger"]["ok"] and n3["epsilon"] == 0.0
+    assert {a["source"] for a in n1["ledger"]["anchors"]} == {"sidecar node-1.head.json", "summary.json rounds_trained"}
+    html = (run / "report.html").read_text()
+    assert json.loads((run / "report.json").read_text())["nodes"] == report["nodes"]
+    assert html.count("data:image/png;base64,") == 5 and not re.search(r"(src|href)=['\"]?(https?:|//)", html)
+    for heading in ("Unit of privacy", "Adjacency", "Threat model", "What is not covered", "Accountant cross-check",
+                    "Ledger verification", "epsilon(delta)"):
+        assert heading in html
+    assert "torchcsprng" in html and "teacher is treated as a fixed function" in html
+
+
+def test_reports_copy_only_whitelisted_fields(run, capsys):
+    audit_json(run, capsys)
+    assert "do-not-copy" not in (run / "report.json").read_text()
+    assert "do-not-copy" not in (run / "report.html").read_text()
+
+
+def test_edited_entry_is_named(run, capsys):
+    entries = read_entries(node1(run))
+    entries[1]["epsilon"] = 5.0
+    rewrite(node1(run), entries)
+    status, report = audit_json(run, capsys)
+    ledger = node_report(report)["ledger"]
+    assert status == 1 and not ledger["ok"] and ledger["first_bad"] == 1 and "modified" in ledger["reason"]
+
+
+def test_deleted_and_reordered_entries_are_named(run, capsys):
+    entries = read_entries(node1(run))
+    rewrite(node1(run), entries[1:])
+    status, report = audit_json(run, capsys)
+    assert status == 1 and node_report(report)["ledger"]["first_bad"] == 0
+    rewrite(node1(run), entries[::-1])
+    status, report = audit_json(run, capsys)
+    assert status == 1 and node_report(report)["ledger"]["first_bad"] == 0 and "seq" in node_report(report)["ledger"]["reason"]
+
+
+def test_cut_tail_is_caught_by_the_sidecar(run, capsys):
+    rewrite(node1(run), read_entries(node1(run))[:1])
+    status, report = audit_json(run, capsys)
+    ledger = node_report(report)["ledger"]
+    assert status == 1 and ledger["first_bad"] == 1 and "truncated: sidecar node-1.head.json saw 2" in ledger["reason"]
+
+
+def test_cut_tail_without_sidecar_is_caught_by_the_summary(run, capsys):
+    rewrite(node1(run), read_entries(node1(run))[:1])
+    head_path(node1(run)).unlink()
+    status, report = audit_json(run, capsys)
+    ledger = node_report(report)["ledger"]
+    assert status == 1 and ledger["first_bad"] == 1 and "summary.json rounds_trained saw 2" in ledger["reason"]
+
+
+def test_recomputed_chain_is_caught_by_the_aggregators_epsilon(run, capsys):
+    """A forger who lowers an epsilon, recomputes every hash and rewrites the head file still contradicts the summary."""
+    entries = read_entries(node1(run))
+    entries[1]["epsilon"] = 6.5
+    previous = GENESIS
+    for entry in entries:
+        entry["prev_hash"] = previous
+        entry["hash"] = previous = entry_hash(entry)
+    rewrite(node1(run), entries)
+    with pytest.raises(LedgerError, match="rewritten: entries 0..1 differ from what sidecar"):
+        Ledger(node1(run))  # the old head file catches the recomputed chain...
+    write_head(head_path(node1(run)), LedgerHead(2, entries[-1]["hash"]))
+    Ledger(node1(run))  # ...but the forger controls the node's disk and rewrites it too
+    status, report = audit_json(run, capsys)
+    problems = node_report(report)["problems"]
+    assert status == 1 and node_report(report)["ledger"]["ok"]  # ...so only the witnesses can tell
+    assert any("aggregator recorded epsilon 7.998297 after round 2" in p for p in problems)
+    assert any("entry 1 (round 2) records epsilon 6.5000" in p for p in problems)  # and the cross-check
+
+
+def test_summary_ledger_heads_name_the_rewritten_entry(run, capsys):
+    """When the aggregator records each round's ledger head (node status), a recomputed chain is pinned to an entry."""
+    entries = read_entries(node1(run))
+    summary = json.loads((run / "summary.json").read_text())
+    for i, record in enumerate(summary["history"]):
+        record["ledger_heads"] = {"node-1": {"entries": i + 1, "head": entries[i]["hash"]}}
+    (run / "summary.json").write_text(json.dumps(summary))
+    entries[1]["max_grad_norm"] = 0.5
+    entries[1]["hash"] = entry_hash(entries[1])
+    rewrite(node1(run), entries)
+    head_path(node1(run)).unlink()
+    status, report = audit_json(run, capsys)
+    ledger = node_report(report)["ledger"]
+    assert status == 1 and ledger["first_bad"] == 1 and "entry 1 differ from what summary.json round 2" in ledger["reason"]
+
+
+def test_one_ledger_file_is_audited_against_its_run(run, capsys, tmp_path):
+    status, report = audit_json(node1(run), capsys)
+    assert status == 0 and [n["name"] for n in report["nodes"]] == ["node-1"]
+    assert not (run / "report.json").exists()  # a single-file audit writes nothing unless asked
+    status, report = audit_json(node1(run), capsys, out=tmp_path / "out")
+    assert (tmp_path / "out" / "report.html").exists()
+
+
+def test_budget_overrun_fails(run, capsys):
+    ledger = Ledger(node1(run))
+    ledger.append({"node": "node-1", "round": 3, "noise_multiplier": SIGMA, "sample_rate": Q, "steps": STEPS,
+                   "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "prv", "epsilon": epsilon_after(3), "target_epsilon": 8.0})
+    status, report = audit_json(run, capsys)
+    assert status == 1 and any("round 3" in p and "> budget 8.0" in p for p in report["verdict"]["problems"])
+    assert read_head(head_path(node1(run))).entries == 3
+
+
+def test_text_output_and_missing_path(run, capsys, tmp_path):
+    assert run_audit(run, json_output=False, empirical=False, out=None) == 0
+    text = capsys.readouterr().out
+    assert "node-1: ledger ok (2 entries" in text and "verdict: OK" in text and "dp_accounting_pld 7.98" in text
+    with pytest.raises(LedgerError, match="no such ledger"):
+        run_audit(tmp_path / "nothing.jsonl", json_output=False, empirical=False, out=None)
