@@ -22,7 +22,7 @@ from fedsa_secure.config import AggregatorConfig
 from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.crypto.rand import random_bytes
 from fedsa_secure.data import aggregator_data
-from fedsa_secure.errors import AbortRound, FedsaError, IntegrityError, ProtocolError
+from fedsa_secure.errors import AbortRound, BudgetsExhausted, IntegrityError, ProtocolError
 from fedsa_secure.fedsa.adapt import adapt, evaluate, scratch
 from fedsa_secure.fedsa.amalgamate import apply_update
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
@@ -47,6 +47,9 @@ class NodeRecord:
     delta: float = 0.0
     target_epsilon: float = 0.0
     rounds_trained: int = 0
+    fits_next_round: bool = True  # the node's own budget check, as last reported
+    ledger_entries: int = 0  # the node's ledger witness, as last reported (the audit checks it)
+    ledger_head: str = ""
     declines: list[str] = field(default_factory=list)
 
 
@@ -59,6 +62,7 @@ class RoundRecord:
     accuracy: float | None
     seconds: float
     epsilon: dict[str, float]  # each node's cumulative epsilon after this round
+    ledger_heads: dict[str, dict[str, Any]]  # ledger witnesses the nodes reported during this round
     aborted: str | None = None
 
 
@@ -77,6 +81,8 @@ class Aggregator:
         self.nodes = {name: NodeRecord(name) for name in fed.nodes}
         self.rounds: list[RoundRecord] = []
         self.probabilities = {name: 1.0 / len(fed.nodes) for name in fed.nodes}
+        self._heads_this_round: dict[str, dict[str, Any]] = {}
+        self.stopped: str | None = None  # why the run ended before its last round, if it did
         tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
         tls.load()  # fail on a bad key file before any work
         self.server = FederationServer(config.aggregator.listen, tls, allowed_nodes=fed.nodes)
@@ -98,8 +104,13 @@ class Aggregator:
                 self.report(f"continuing without nodes that did not join: {', '.join(missing)}")
             adapted = None
             for round_number in range(1, fed.rounds + 1):
-                adapted = self._round(round_number, sorted(present))
-            if adapted is None or self.rounds[-1].accuracy is None:
+                try:
+                    adapted = self._round(round_number, sorted(present))
+                except BudgetsExhausted as exc:
+                    self.stopped = f"stopped before round {round_number}: {exc}"
+                    self.report(self.stopped)
+                    break
+            if adapted is None or not self.rounds or self.rounds[-1].accuracy is None:
                 adapted = adapt(self.student, self.probe, fed.seed)
             accuracy = evaluate(adapted, self.test)
         finally:
@@ -124,8 +135,7 @@ class Aggregator:
             self._select(number, present)
             log.info("round %d: selection took %.2fs", number, time.perf_counter() - started)
         names = [n for n in present if n in self.probabilities]
-        probs = np.array([self.probabilities[n] for n in names])
-        cohort = draw_cohort(names, probs / probs.sum(), fed.cohort_size, self.rng)
+        cohort = self._draw(names)
         survivors: list[str] = []
         aborted = None
         try:
@@ -141,11 +151,29 @@ class Aggregator:
             log.info("round %d: adapted after %.2fs", number, time.perf_counter() - started)
         record = RoundRecord(
             number, sorted(cohort), {n: float(self.probabilities[n]) for n in names}, survivors, accuracy,
-            time.perf_counter() - started, {n: r.epsilon for n, r in self.nodes.items()}, aborted,
+            time.perf_counter() - started, {n: r.epsilon for n, r in self.nodes.items()}, self._heads_this_round, aborted,
         )
+        self._heads_this_round = {}
         self.rounds.append(record)
         self.report(self._progress_line(record))
         return adapted
+
+    def _draw(self, names: list[str]) -> list[str]:
+        """A cohort drawn by selection probability from the nodes whose budget fits one more round.
+
+        A node that has spent its budget is never asked (it would decline): the draw goes to
+        the others instead. With fewer such nodes than the cohort size the run ends.
+        """
+        size = self.config.federation.cohort_size
+        able = [n for n in names if self.nodes[n].fits_next_round]
+        if len(able) < size:
+            spent = sorted(set(names) - set(able))
+            raise BudgetsExhausted(
+                f"{len(able)} of {len(names)} nodes have privacy budget left for another round and a cohort needs {size}; "
+                f"budget spent: {', '.join(spent) or 'none'}"
+            )
+        probs = np.array([self.probabilities[n] for n in able])
+        return draw_cohort(able, probs / probs.sum(), size, self.rng)
 
     def _select(self, number: int, present: list[str]) -> None:
         # Grad-CAM needs a trained head: use the latest adapted student (Scratch before round 1).
@@ -175,6 +203,7 @@ class Aggregator:
         for name, reply in self.server.collect(cohort, (sa.AdvertiseKeys, msg.Decline), timeout, round=number).items():
             if isinstance(reply, msg.Decline):
                 self.nodes[name].declines.append(reply.reason)
+                self.nodes[name].fits_next_round = False
                 self.report(f"round {number}: {reply.reason}")
             else:
                 _accept(server.receive_advertise, reply, name)
@@ -223,6 +252,9 @@ class Aggregator:
             record = self.nodes[name]
             record.epsilon, record.delta = status.epsilon, status.delta
             record.target_epsilon, record.rounds_trained = status.target_epsilon, status.rounds_trained
+            record.fits_next_round = status.fits_next_round
+            record.ledger_entries, record.ledger_head = status.ledger_entries, status.ledger_head
+            self._heads_this_round[name] = {"entries": status.ledger_entries, "head": status.ledger_head}
 
     def _secagg_config(self, number: int, cohort: list[str], length: int) -> sa.RoundConfig:
         spec = sa.QuantizationSpec(clip=self.config.secagg.clip, level_bits=self.config.secagg.level_bits)
@@ -252,10 +284,12 @@ class Aggregator:
             "student_accuracy": accuracy,
             "scratch_accuracy": scratch_accuracy,
             "rounds": len(self.rounds),
+            "stopped": self.stopped,
             "run_dir": str(self.run_dir.resolve()),
             "seconds": seconds,
             "nodes": [
-                {k: v for k, v in asdict(r).items() if k != "declines"} | {"declines": len(r.declines)}
+                {k: v for k, v in asdict(r).items() if k not in ("declines", "fits_next_round")}
+                | {"declines": len(r.declines), "budget_left_for_a_round": r.fits_next_round}
                 for r in self.nodes.values()
             ],
             "history": [asdict(r) for r in self.rounds],

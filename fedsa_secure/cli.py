@@ -1,4 +1,4 @@
-"""The `fedsa-secure` command: demo, keys, aggregator, node."""
+"""The `fedsa-secure` command: demo, audit, keys, aggregator, node."""
 
 from __future__ import annotations
 
@@ -34,10 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", type=Path, help="run directory (default runs/<timestamp>)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
     demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    demo.add_argument("--planned-rounds", type=int, metavar="N",
+                      help="rounds each node calibrates its DP noise for (default: --rounds); "
+                           "a node drawn more often declines once its budget is spent")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data split and models (default 0)")
     demo.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per node (default 8)")
     demo.add_argument("--test-dump-dir", type=Path, help=argparse.SUPPRESS)  # tests only: writes plaintext updates
     demo.set_defaults(handler=_demo)
+
+    audit = commands.add_parser("audit", help="verify privacy ledgers, recompute epsilon, write the privacy report")
+    audit.add_argument("path", type=Path, help="a run directory (all its ledgers) or one ledger file (*.jsonl)")
+    audit.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    audit.add_argument("--empirical", action="store_true",
+                       help="also run a canary audit (Steinke et al. 2023) of the node that spent most")
+    audit.add_argument("--out", type=Path, help="where report.json and report.html go (default: the run directory)")
+    audit.set_defaults(handler=_audit)
 
     keys = commands.add_parser("keys", help="federation CA and certificates")
     key_commands = keys.add_subparsers(dest="keys_command", required=True)
@@ -72,15 +83,24 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from fedsa_secure.demo import DemoOptions, format_table, run_demo
 
-    options = DemoOptions(out=args.out, rounds=args.rounds, seed=args.seed, target_epsilon=args.epsilon,
-                          dump_dir=args.test_dump_dir)
+    options = DemoOptions(out=args.out, rounds=args.rounds, planned_rounds=args.planned_rounds, seed=args.seed,
+                          target_epsilon=args.epsilon, dump_dir=args.test_dump_dir)
     summary = run_demo(options)
     print()
     print(format_table(summary))
     print(f"\nstudent, ledgers and summary in {summary['run_dir']} ({summary['seconds']:.0f}s)")
+    verdict = "verified" if summary["privacy_verified"] else "FAILED verification (see the report)"
+    print(f"privacy audit report: {summary['report']} (ledgers {verdict}; "
+          f"`fedsa-secure audit {summary['run_dir']}` checks them again)")
     if args.json:
         print(json.dumps(summary))
     return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from fedsa_secure.privacy.audit import run_audit
+
+    return run_audit(args.path, json_output=args.json, empirical=args.empirical, out=args.out)
 
 
 def _keys_ca(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from fedsa_secure.crypto.pki import create_ca, issue_certificate
 from fedsa_secure.data import DEMO_NODES
 from fedsa_secure.errors import FedsaError
+from fedsa_secure.privacy.report import write_report
 
 AGGREGATOR = "aggregator"
 HOSTS = ("localhost", "127.0.0.1")
@@ -28,6 +29,7 @@ HOSTS = ("localhost", "127.0.0.1")
 class DemoOptions:
     out: Path | None = None
     rounds: int = 5
+    planned_rounds: int | None = None  # rounds each node calibrates its noise for; None: `rounds`
     seed: int = 0
     target_epsilon: float = 8.0
     delta: float = 1e-5
@@ -81,7 +83,7 @@ def write_configs(run_dir: Path, options: DemoOptions, ca: Path, certs: dict[str
         nodes[name] = write_toml(config_dir / f"{name}.toml", {
             "node": {"name": name, "aggregator": "127.0.0.1:PORT", "run_dir": run_dir.resolve(), "server_name": AGGREGATOR},
             "data": {"seed": options.seed},
-            "privacy": {"target_epsilon": options.target_epsilon, "delta": options.delta, "planned_rounds": options.rounds},
+            "privacy": {"target_epsilon": options.target_epsilon, "delta": options.delta, "planned_rounds": options.planned_rounds or options.rounds},
             "tls": {"ca_cert": ca.resolve(), "cert": cert.resolve(), "key": key.resolve()},
             "testing": testing,
         })
@@ -135,7 +137,12 @@ def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
         for process in processes:
             if process.poll() is None:
                 process.kill()
-    return json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    # The privacy officer's report, from the ledgers the nodes wrote (`fedsa-secure audit` redoes it).
+    report_json, report_html = write_report(run_dir)
+    summary["report"] = str(report_html.resolve())
+    summary["privacy_verified"] = json.loads(report_json.read_text())["verdict"]["ok"]
+    return summary
 
 
 def format_table(summary: dict[str, Any]) -> str:

@@ -29,6 +29,10 @@ class BudgetExhausted(FedsaError):
     """Training this round would exceed the node's privacy budget."""
 
 
+class BudgetsExhausted(FedsaError):
+    """Too few nodes have budget left for another round's cohort: the run ends here, cleanly."""
+
+
 class LedgerError(FedsaError):
     """The privacy ledger is corrupt, edited, reordered or truncated."""
 

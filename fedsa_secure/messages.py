@@ -56,6 +56,9 @@ class PrivacyStatus:
     delta: float
     target_epsilon: float
     rounds_trained: int
+    fits_next_round: bool  # the node's own budget check for one more round; it declines otherwise
+    ledger_entries: int  # with ledger_head: a witness the audit checks the node's ledger against
+    ledger_head: str
 
 
 @dataclass(frozen=True)

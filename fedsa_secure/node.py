@@ -162,6 +162,9 @@ class Node:
             delta=self.config.privacy.delta,
             target_epsilon=self.config.privacy.target_epsilon,
             rounds_trained=self.distiller.rounds_trained,
+            fits_next_round=self.distiller.fits_budget(),
+            ledger_entries=self.ledger.head.entries,
+            ledger_head=self.ledger.head.head or "",
         )
 
 

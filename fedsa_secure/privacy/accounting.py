@@ -112,6 +112,19 @@ def extend_history(history: History, noise_multiplier: float, sample_rate: float
     return out
 
 
+def fits_budget(
+    history: History, noise_multiplier: float, sample_rate: float, steps: int,
+    target_epsilon: float, delta: float, accountant: str,
+) -> bool:
+    """Whether `steps` more steps of the mechanism keep the whole history within `target_epsilon`.
+
+    The node's enforcement rule: asked before a round, from a fresh accountant, so the live one
+    is untouched when the answer is no.
+    """
+    future = extend_history(history, noise_multiplier, sample_rate, steps)
+    return epsilon_of(future, delta, accountant) <= target_epsilon
+
+
 def epsilon_of(history: History, delta: float, accountant: str) -> float:
     """Epsilon of a history under a fresh accountant of the given kind (0 for an empty history)."""
     return _epsilon_cached(tuple(tuple(h) for h in history), delta, accountant)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#fedsa_secure/proto/federation.proto\x12\x12\x66\x65\x64sa_secure.proto\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"G\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06tensor\x18\x02 \x01(\x0b\x32\x1a.fedsa_secure.proto.Tensor\"\x82\x01\n\rSelectRequest\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x30\n\x0cprobe_images\x18\x02 \x01(\x0b\x32\x1a.fedsa_secure.proto.Tensor\x12\x30\n\x0cstudent_maps\x18\x03 \x01(\x0b\x32\x1a.fedsa_secure.proto.Tensor\"5\n\x0bSelectReply\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x17\n\x0ftransferability\x18\x02 \x01(\x01\"4\n\x10QuantizationSpec\x12\x0c\n\x04\x63lip\x18\x01 \x01(\x01\x12\x12\n\nlevel_bits\x18\x02 \x01(\x05\"\xcd\x01\n\x0bRoundConfig\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0cparticipants\x18\x02 \x03(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x05\x12\x15\n\rvector_length\x18\x04 \x01(\x03\x12:\n\x0cquantization\x18\x05 \x01(\x0b\x32$.fedsa_secure.proto.QuantizationSpec\x12\x14\n\x0cmodulus_bits\x18\x06 \x01(\x05\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x0e\n\x06\x64\x65gree\x18\x08 \x01(\x05\"\x96\x01\n\x0cTrainRequest\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x36\n\rstudent_state\x18\x02 \x03(\x0b\x32\x1f.fedsa_secure.proto.NamedTensor\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12/\n\x06secagg\x18\x04 \x01(\x0b\x32\x1f.fedsa_secure.proto.RoundConfig\"(\n\x07\x44\x65\x63line\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"n\n\rPrivacyStatus\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x16\n\x0etarget_epsilon\x18\x04 \x01(\x01\x12\x16\n\x0erounds_trained\x18\x05 \x01(\x03\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x06\n\x04Wait\"|\n\rAdvertiseKeys\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x1a\n\x12\x63hannel_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\"C\n\x06Roster\x12\x39\n\x0e\x61\x64vertisements\x18\x01 \x03(\x0b\x32!.fedsa_secure.proto.AdvertiseKeys\"G\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"O\n\tShareKeys\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x32\n\x06shares\x18\x02 \x03(\x0b\x32\".fedsa_secure.proto.EncryptedShare\"C\n\rShareDelivery\x12\x32\n\x06shares\x18\x01 \x03(\x0b\x32\".fedsa_secure.proto.EncryptedShare\"-\n\x0bMaskedInput\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06packed\x18\x02 \x01(\x0c\",\n\x17\x43onsistencyCheckRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\"=\n\x18\x43onsistencyCheckResponse\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x11SurvivorSignature\x12\x0e\n\x06signer\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"n\n\rUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\t\x12\x39\n\nsignatures\x18\x03 \x03(\x0b\x32%.fedsa_secure.proto.SurvivorSignature\"*\n\nOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x93\x01\n\x0eUnmaskResponse\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x38\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x1e.fedsa_secure.proto.OwnedShare\x12\x37\n\x0fmask_key_shares\x18\x03 \x03(\x0b\x32\x1e.fedsa_secure.proto.OwnedShare\"\xe6\x03\n\x0eServerEnvelope\x12;\n\x0eselect_request\x18\x01 \x01(\x0b\x32!.fedsa_secure.proto.SelectRequestH\x00\x12\x39\n\rtrain_request\x18\x02 \x01(\x0b\x32 .fedsa_secure.proto.TrainRequestH\x00\x12,\n\x06roster\x18\x03 \x01(\x0b\x32\x1a.fedsa_secure.proto.RosterH\x00\x12;\n\x0eshare_delivery\x18\x04 \x01(\x0b\x32!.fedsa_secure.proto.ShareDeliveryH\x00\x12;\n\x0eunmask_request\x18\x05 \x01(\x0b\x32!.fedsa_secure.proto.UnmaskRequestH\x00\x12\x30\n\x08shutdown\x18\x06 \x01(\x0b\x32\x1c.fedsa_secure.proto.ShutdownH\x00\x12(\n\x04wait\x18\x07 \x01(\x0b\x32\x18.fedsa_secure.proto.WaitH\x00\x12P\n\x19\x63onsistency_check_request\x18\x08 \x01(\x0b\x32+.fedsa_secure.proto.ConsistencyCheckRequestH\x00\x42\x06\n\x04\x62ody\"\x8b\x04\n\x0e\x43lientEnvelope\x12\x37\n\x0cselect_reply\x18\x01 \x01(\x0b\x32\x1f.fedsa_secure.proto.SelectReplyH\x00\x12.\n\x07\x64\x65\x63line\x18\x02 \x01(\x0b\x32\x1b.fedsa_secure.proto.DeclineH\x00\x12;\n\x0eprivacy_status\x18\x03 \x01(\x0b\x32!.fedsa_secure.proto.PrivacyStatusH\x00\x12;\n\x0e\x61\x64vertise_keys\x18\x04 \x01(\x0b\x32!.fedsa_secure.proto.AdvertiseKeysH\x00\x12\x33\n\nshare_keys\x18\x05 \x01(\x0b\x32\x1d.fedsa_secure.proto.ShareKeysH\x00\x12\x37\n\x0cmasked_input\x18\x06 \x01(\x0b\x32\x1f.fedsa_secure.proto.MaskedInputH\x00\x12=\n\x0funmask_response\x18\x07 \x01(\x0b\x32\".fedsa_secure.proto.UnmaskResponseH\x00\x12R\n\x1a\x63onsistency_check_response\x18\x08 \x01(\x0b\x32,.fedsa_secure.proto.ConsistencyCheckResponseH\x00\x12\r\n\x05round\x18\x10 \x01(\x04\x42\x06\n\x04\x62ody\"6\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\x06\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"L\n\x0bPollRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\x12\x11\n\tack_epoch\x18\x02 \x01(\x06\x12\x14\n\x0c\x61\x63k_sequence\x18\x03 \x01(\x04\"\t\n\x07SendAck2\x94\x01\n\nFederation\x12\x44\n\x04Poll\x12\x1f.fedsa_secure.proto.PollRequest\x1a\x19.fedsa_secure.proto.Chunk0\x01\x12@\n\x04Send\x12\x19.fedsa_secure.proto.Chunk\x1a\x1b.fedsa_secure.proto.SendAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#fedsa_secure/proto/federation.proto\x12\x12\x66\x65\x64sa_secure.proto\"4\n\x06Tensor\x12\r\n\x05\x64type\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"G\n\x0bNamedTensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x06tensor\x18\x02 \x01(\x0b\x32\x1a.fedsa_secure.proto.Tensor\"\x82\x01\n\rSelectRequest\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x30\n\x0cprobe_images\x18\x02 \x01(\x0b\x32\x1a.fedsa_secure.proto.Tensor\x12\x30\n\x0cstudent_maps\x18\x03 \x01(\x0b\x32\x1a.fedsa_secure.proto.Tensor\"5\n\x0bSelectReply\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x17\n\x0ftransferability\x18\x02 \x01(\x01\"4\n\x10QuantizationSpec\x12\x0c\n\x04\x63lip\x18\x01 \x01(\x01\x12\x12\n\nlevel_bits\x18\x02 \x01(\x05\"\xcd\x01\n\x0bRoundConfig\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x14\n\x0cparticipants\x18\x02 \x03(\t\x12\x11\n\tthreshold\x18\x03 \x01(\x05\x12\x15\n\rvector_length\x18\x04 \x01(\x03\x12:\n\x0cquantization\x18\x05 \x01(\x0b\x32$.fedsa_secure.proto.QuantizationSpec\x12\x14\n\x0cmodulus_bits\x18\x06 \x01(\x05\x12\r\n\x05nonce\x18\x07 \x01(\x0c\x12\x0e\n\x06\x64\x65gree\x18\x08 \x01(\x05\"\x96\x01\n\x0cTrainRequest\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x36\n\rstudent_state\x18\x02 \x03(\x0b\x32\x1f.fedsa_secure.proto.NamedTensor\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12/\n\x06secagg\x18\x04 \x01(\x0b\x32\x1f.fedsa_secure.proto.RoundConfig\"(\n\x07\x44\x65\x63line\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xb4\x01\n\rPrivacyStatus\x12\r\n\x05round\x18\x01 \x01(\x03\x12\x0f\n\x07\x65psilon\x18\x02 \x01(\x01\x12\r\n\x05\x64\x65lta\x18\x03 \x01(\x01\x12\x16\n\x0etarget_epsilon\x18\x04 \x01(\x01\x12\x16\n\x0erounds_trained\x18\x05 \x01(\x03\x12\x17\n\x0f\x66its_next_round\x18\x06 \x01(\x08\x12\x16\n\x0eledger_entries\x18\x07 \x01(\x03\x12\x13\n\x0bledger_head\x18\x08 \x01(\t\"\x1a\n\x08Shutdown\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x06\n\x04Wait\"|\n\rAdvertiseKeys\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x1a\n\x12\x63hannel_public_key\x18\x02 \x01(\x0c\x12\x17\n\x0fmask_public_key\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0c\"C\n\x06Roster\x12\x39\n\x0e\x61\x64vertisements\x18\x01 \x03(\x0b\x32!.fedsa_secure.proto.AdvertiseKeys\"G\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\trecipient\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"O\n\tShareKeys\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x32\n\x06shares\x18\x02 \x03(\x0b\x32\".fedsa_secure.proto.EncryptedShare\"C\n\rShareDelivery\x12\x32\n\x06shares\x18\x01 \x03(\x0b\x32\".fedsa_secure.proto.EncryptedShare\"-\n\x0bMaskedInput\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06packed\x18\x02 \x01(\x0c\",\n\x17\x43onsistencyCheckRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\"=\n\x18\x43onsistencyCheckResponse\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"6\n\x11SurvivorSignature\x12\x0e\n\x06signer\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"n\n\rUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\t\x12\x39\n\nsignatures\x18\x03 \x03(\x0b\x32%.fedsa_secure.proto.SurvivorSignature\"*\n\nOwnedShare\x12\r\n\x05owner\x18\x01 \x01(\t\x12\r\n\x05share\x18\x02 \x01(\x0c\"\x93\x01\n\x0eUnmaskResponse\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x38\n\x10self_mask_shares\x18\x02 \x03(\x0b\x32\x1e.fedsa_secure.proto.OwnedShare\x12\x37\n\x0fmask_key_shares\x18\x03 \x03(\x0b\x32\x1e.fedsa_secure.proto.OwnedShare\"\xe6\x03\n\x0eServerEnvelope\x12;\n\x0eselect_request\x18\x01 \x01(\x0b\x32!.fedsa_secure.proto.SelectRequestH\x00\x12\x39\n\rtrain_request\x18\x02 \x01(\x0b\x32 .fedsa_secure.proto.TrainRequestH\x00\x12,\n\x06roster\x18\x03 \x01(\x0b\x32\x1a.fedsa_secure.proto.RosterH\x00\x12;\n\x0eshare_delivery\x18\x04 \x01(\x0b\x32!.fedsa_secure.proto.ShareDeliveryH\x00\x12;\n\x0eunmask_request\x18\x05 \x01(\x0b\x32!.fedsa_secure.proto.UnmaskRequestH\x00\x12\x30\n\x08shutdown\x18\x06 \x01(\x0b\x32\x1c.fedsa_secure.proto.ShutdownH\x00\x12(\n\x04wait\x18\x07 \x01(\x0b\x32\x18.fedsa_secure.proto.WaitH\x00\x12P\n\x19\x63onsistency_check_request\x18\x08 \x01(\x0b\x32+.fedsa_secure.proto.ConsistencyCheckRequestH\x00\x42\x06\n\x04\x62ody\"\x8b\x04\n\x0e\x43lientEnvelope\x12\x37\n\x0cselect_reply\x18\x01 \x01(\x0b\x32\x1f.fedsa_secure.proto.SelectReplyH\x00\x12.\n\x07\x64\x65\x63line\x18\x02 \x01(\x0b\x32\x1b.fedsa_secure.proto.DeclineH\x00\x12;\n\x0eprivacy_status\x18\x03 \x01(\x0b\x32!.fedsa_secure.proto.PrivacyStatusH\x00\x12;\n\x0e\x61\x64vertise_keys\x18\x04 \x01(\x0b\x32!.fedsa_secure.proto.AdvertiseKeysH\x00\x12\x33\n\nshare_keys\x18\x05 \x01(\x0b\x32\x1d.fedsa_secure.proto.ShareKeysH\x00\x12\x37\n\x0cmasked_input\x18\x06 \x01(\x0b\x32\x1f.fedsa_secure.proto.MaskedInputH\x00\x12=\n\x0funmask_response\x18\x07 \x01(\x0b\x32\".fedsa_secure.proto.UnmaskResponseH\x00\x12R\n\x1a\x63onsistency_check_response\x18\x08 \x01(\x0b\x32,.fedsa_secure.proto.ConsistencyCheckResponseH\x00\x12\r\n\x05round\x18\x10 \x01(\x04\x42\x06\n\x04\x62ody\"6\n\x05\x43hunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\r\n\x05\x65poch\x18\x02 \x01(\x06\x12\x10\n\x08sequence\x18\x03 \x01(\x04\"L\n\x0bPollRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\x12\x11\n\tack_epoch\x18\x02 \x01(\x06\x12\x14\n\x0c\x61\x63k_sequence\x18\x03 \x01(\x04\"\t\n\x07SendAck2\x94\x01\n\nFederation\x12\x44\n\x04Poll\x12\x1f.fedsa_secure.proto.PollRequest\x1a\x19.fedsa_secure.proto.Chunk0\x01\x12@\n\x04Send\x12\x19.fedsa_secure.proto.Chunk\x1a\x1b.fedsa_secure.proto.SendAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,46 +47,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINREQUEST']._serialized_end=787
   _globals['_DECLINE']._serialized_start=789
   _globals['_DECLINE']._serialized_end=829
-  _globals['_PRIVACYSTATUS']._serialized_start=831
-  _globals['_PRIVACYSTATUS']._serialized_end=941
-  _globals['_SHUTDOWN']._serialized_start=943
-  _globals['_SHUTDOWN']._serialized_end=969
-  _globals['_WAIT']._serialized_start=971
-  _globals['_WAIT']._serialized_end=977
-  _globals['_ADVERTISEKEYS']._serialized_start=979
-  _globals['_ADVERTISEKEYS']._serialized_end=1103
-  _globals['_ROSTER']._serialized_start=1105
-  _globals['_ROSTER']._serialized_end=1172
-  _globals['_ENCRYPTEDSHARE']._serialized_start=1174
-  _globals['_ENCRYPTEDSHARE']._serialized_end=1245
-  _globals['_SHAREKEYS']._serialized_start=1247
-  _globals['_SHAREKEYS']._serialized_end=1326
-  _globals['_SHAREDELIVERY']._serialized_start=1328
-  _globals['_SHAREDELIVERY']._serialized_end=1395
-  _globals['_MASKEDINPUT']._serialized_start=1397
-  _globals['_MASKEDINPUT']._serialized_end=1442
-  _globals['_CONSISTENCYCHECKREQUEST']._serialized_start=1444
-  _globals['_CONSISTENCYCHECKREQUEST']._serialized_end=1488
-  _globals['_CONSISTENCYCHECKRESPONSE']._serialized_start=1490
-  _globals['_CONSISTENCYCHECKRESPONSE']._serialized_end=1551
-  _globals['_SURVIVORSIGNATURE']._serialized_start=1553
-  _globals['_SURVIVORSIGNATURE']._serialized_end=1607
-  _globals['_UNMASKREQUEST']._serialized_start=1609
-  _globals['_UNMASKREQUEST']._serialized_end=1719
-  _globals['_OWNEDSHARE']._serialized_start=1721
-  _globals['_OWNEDSHARE']._serialized_end=1763
-  _globals['_UNMASKRESPONSE']._serialized_start=1766
-  _globals['_UNMASKRESPONSE']._serialized_end=1913
-  _globals['_SERVERENVELOPE']._serialized_start=1916
-  _globals['_SERVERENVELOPE']._serialized_end=2402
-  _globals['_CLIENTENVELOPE']._serialized_start=2405
-  _globals['_CLIENTENVELOPE']._serialized_end=2928
-  _globals['_CHUNK']._serialized_start=2930
-  _globals['_CHUNK']._serialized_end=2984
-  _globals['_POLLREQUEST']._serialized_start=2986
-  _globals['_POLLREQUEST']._serialized_end=3062
-  _globals['_SENDACK']._serialized_start=3064
-  _globals['_SENDACK']._serialized_end=3073
-  _globals['_FEDERATION']._serialized_start=3076
-  _globals['_FEDERATION']._serialized_end=3224
+  _globals['_PRIVACYSTATUS']._serialized_start=832
+  _globals['_PRIVACYSTATUS']._serialized_end=1012
+  _globals['_SHUTDOWN']._serialized_start=1014
+  _globals['_SHUTDOWN']._serialized_end=1040
+  _globals['_WAIT']._serialized_start=1042
+  _globals['_WAIT']._serialized_end=1048
+  _globals['_ADVERTISEKEYS']._serialized_start=1050
+  _globals['_ADVERTISEKEYS']._serialized_end=1174
+  _globals['_ROSTER']._serialized_start=1176
+  _globals['_ROSTER']._serialized_end=1243
+  _globals['_ENCRYPTEDSHARE']._serialized_start=1245
+  _globals['_ENCRYPTEDSHARE']._serialized_end=1316
+  _globals['_SHAREKEYS']._serialized_start=1318
+  _globals['_SHAREKEYS']._serialized_end=1397
+  _globals['_SHAREDELIVERY']._serialized_start=1399
+  _globals['_SHAREDELIVERY']._serialized_end=1466
+  _globals['_MASKEDINPUT']._serialized_start=1468
+  _globals['_MASKEDINPUT']._serialized_end=1513
+  _globals['_CONSISTENCYCHECKREQUEST']._serialized_start=1515
+  _globals['_CONSISTENCYCHECKREQUEST']._serialized_end=1559
+  _globals['_CONSISTENCYCHECKRESPONSE']._serialized_start=1561
+  _globals['_CONSISTENCYCHECKRESPONSE']._serialized_end=1622
+  _globals['_SURVIVORSIGNATURE']._serialized_start=1624
+  _globals['_SURVIVORSIGNATURE']._serialized_end=1678
+  _globals['_UNMASKREQUEST']._serialized_start=1680
+  _globals['_UNMASKREQUEST']._serialized_end=1790
+  _globals['_OWNEDSHARE']._serialized_start=1792
+  _globals['_OWNEDSHARE']._serialized_end=1834
+  _globals['_UNMASKRESPONSE']._serialized_start=1837
+  _globals['_UNMASKRESPONSE']._serialized_end=1984
+  _globals['_SERVERENVELOPE']._serialized_start=1987
+  _globals['_SERVERENVELOPE']._serialized_end=2473
+  _globals['_CLIENTENVELOPE']._serialized_start=2476
+  _globals['_CLIENTENVELOPE']._serialized_end=2999
+  _globals['_CHUNK']._serialized_start=3001
+  _globals['_CHUNK']._serialized_end=3055
+  _globals['_POLLREQUEST']._serialized_start=3057
+  _globals['_POLLREQUEST']._serialized_end=3133
+  _globals['_SENDACK']._serialized_start=3135
+  _globals['_SENDACK']._serialized_end=3144
+  _globals['_FEDERATION']._serialized_start=3147
+  _globals['_FEDERATION']._serialized_end=3295
 # @@protoc_insertion_point(module_scope)

@@ -91,18 +91,24 @@ class Decline(_message.Message):
     def __init__(self, round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class PrivacyStatus(_message.Message):
-    __slots__ = ("round", "epsilon", "delta", "target_epsilon", "rounds_trained")
+    __slots__ = ("round", "epsilon", "delta", "target_epsilon", "rounds_trained", "fits_next_round", "ledger_entries", "ledger_head")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_TRAINED_FIELD_NUMBER: _ClassVar[int]
+    FITS_NEXT_ROUND_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_HEAD_FIELD_NUMBER: _ClassVar[int]
     round: int
     epsilon: float
     delta: float
     target_epsilon: float
     rounds_trained: int
-    def __init__(self, round: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., rounds_trained: _Optional[int] = ...) -> None: ...
+    fits_next_round: bool
+    ledger_entries: int
+    ledger_head: str
+    def __init__(self, round: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., rounds_trained: _Optional[int] = ..., fits_next_round: _Optional[bool] = ..., ledger_entries: _Optional[int] = ..., ledger_head: _Optional[str] = ...) -> None: ...
 
 class Shutdown(_message.Message):
     __slots__ = ("reason",)

@@ -178,6 +178,9 @@ def _put_privacy_status(out: pb.PrivacyStatus, msg: m.PrivacyStatus) -> None:
     out.delta = float(msg.delta)
     out.target_epsilon = float(msg.target_epsilon)
     out.rounds_trained = msg.rounds_trained
+    out.fits_next_round = msg.fits_next_round
+    out.ledger_entries = msg.ledger_entries
+    out.ledger_head = msg.ledger_head
 
 
 def _get_privacy_status(p: pb.PrivacyStatus) -> m.PrivacyStatus:
@@ -187,6 +190,9 @@ def _get_privacy_status(p: pb.PrivacyStatus) -> m.PrivacyStatus:
         delta=p.delta,
         target_epsilon=p.target_epsilon,
         rounds_trained=p.rounds_trained,
+        fits_next_round=p.fits_next_round,
+        ledger_entries=p.ledger_entries,
+        ledger_head=p.ledger_head,
     )
 
 

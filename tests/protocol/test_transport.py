@@ -122,7 +122,8 @@ def client_messages(rng: np.random.Generator) -> list[m.ClientMessage]:
     return [
         m.SelectReply(round=1, transferability=0.625),
         m.Decline(round=1, reason="budget exhausted"),
-        m.PrivacyStatus(round=1, epsilon=1.5, delta=1e-5, target_epsilon=8.0, rounds_trained=1),
+        m.PrivacyStatus(round=1, epsilon=1.5, delta=1e-5, target_epsilon=8.0, rounds_trained=1,
+                        fits_next_round=True, ledger_entries=1, ledger_head="ab" * 32),
         sa.AdvertiseKeys(sender="node-1", channel_public_key=rng.bytes(32), mask_public_key=rng.bytes(32)),
         sa.ShareKeys(sender="node-1", shares=(share,)),
         sa.MaskedInput(sender="node-1", packed=rng.bytes(BIG)),
@@ -238,7 +239,8 @@ def test_collect_wakes_as_soon_as_everyone_answered(server: tuple[FederationServ
 
 def test_messages_of_unexpected_type_stay_queued(server: tuple[FederationServer, str], keys: Pki) -> None:
     srv, address = server
-    status = m.PrivacyStatus(round=1, epsilon=0.5, delta=1e-5, target_epsilon=8.0, rounds_trained=1)
+    status = m.PrivacyStatus(round=1, epsilon=0.5, delta=1e-5, target_epsilon=8.0, rounds_trained=1,
+                             fits_next_round=True, ledger_entries=1, ledger_head="cd" * 32)
     with connect(address, keys.nodes["node-1"]) as node:
         node.send(status)
         node.send(m.SelectReply(round=1, transferability=0.75))

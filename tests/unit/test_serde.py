@@ -87,7 +87,8 @@ SERVER_MESSAGES: list[m.ServerMessage] = [
 CLIENT_MESSAGES: list[m.ClientMessage] = [
     m.SelectReply(round=1, transferability=0.123456789012345),
     m.Decline(round=4, reason="privacy budget exhausted: epsilon 8.1 > 8.0"),
-    m.PrivacyStatus(round=4, epsilon=7.9, delta=1e-5, target_epsilon=8.0, rounds_trained=3),
+    m.PrivacyStatus(round=4, epsilon=7.9, delta=1e-5, target_epsilon=8.0, rounds_trained=3, fits_next_round=False,
+                    ledger_entries=3, ledger_head="0f" * 32),
     sa.AdvertiseKeys(sender="node-1", channel_public_key=bytes(32), mask_public_key=b"\xff" * 32),
     sa.AdvertiseKeys(
         sender="node-2", channel_public_key=b"c" * 32, mask_public_key=b"s" * 32,

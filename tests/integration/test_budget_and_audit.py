@@ -1,0 +1,99 @@
+"""Budgets enforced across a real federation, and the audit of its ledgers.
+
+Nodes calibrate their noise for 2 rounds but the aggregator asks for 6: once a node's budget
+is spent it is no longer drawn, and when fewer nodes than a cohort have budget left the run
+ends cleanly. Then `fedsa-secure audit` verifies what the nodes wrote, and catches tampering.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fedsa_secure.privacy.ledger import read_entries
+
+PLANNED, ASKED = 2, 6
+
+
+def fedsa(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "fedsa_secure.cli", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("budget") / "run"
+    result = fedsa("demo", "--json", "--rounds", str(ASKED), "--planned-rounds", str(PLANNED), "--out", str(run_dir))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1]), run_dir, result.stdout
+
+
+def test_the_run_stops_cleanly_when_budgets_are_spent(run):
+    summary, run_dir, stdout = run
+    assert summary["rounds"] < ASKED
+    assert "privacy budget left" in summary["stopped"] and summary["stopped"] in stdout
+    # 4 nodes x 2 rounds of budget: the run stops once fewer than 3 can train again.
+    assert sum(n["rounds_trained"] for n in summary["nodes"]) == 3 * summary["rounds"]
+    assert sum(not n["budget_left_for_a_round"] for n in summary["nodes"]) >= 2
+    for node in summary["nodes"]:
+        assert node["rounds_trained"] <= PLANNED
+        assert node["epsilon"] <= node["target_epsilon"] == 8.0
+        entries = read_entries(run_dir / "ledgers" / f"{node['name']}.jsonl")
+        assert len(entries) == node["rounds_trained"] == node["ledger_entries"]
+        assert all(e["epsilon"] <= 8.0 for e in entries)
+        if entries:
+            assert node["ledger_head"] == entries[-1]["hash"]
+    assert (run_dir / "student.pt").exists()
+
+
+def test_the_demo_writes_a_verified_report(run):
+    summary, run_dir, _ = run
+    assert summary["privacy_verified"] is True
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["schema"] == "fedsa-secure/privacy-report" and report["verdict"] == {"ok": True, "problems": []}
+    html = (run_dir / "report.html").read_text()
+    assert "<img" in html or "<svg" in html  # plots are embedded: the file stands alone
+    assert "<script src" not in html and "<link" not in html  # nothing to fetch
+
+
+def test_audit_verifies_the_run_and_recomputes_epsilon(run):
+    summary, run_dir, _ = run
+    result = fedsa("audit", str(run_dir), "--json", "--out", str(run_dir / "audit"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads(result.stdout)
+    reported = {n["name"]: n for n in summary["nodes"]}
+    for node in report["nodes"]:
+        assert node["ledger"]["ok"]
+        if reported[node["name"]]["rounds_trained"]:
+            figures = node["crosscheck"]["figures"]
+            assert figures["opacus_prv"] == pytest.approx(reported[node["name"]]["epsilon"], rel=1e-6)
+            assert figures["dp_accounting_pld"] == pytest.approx(figures["opacus_prv"], abs=0.1)
+            assert figures["opacus_rdp"] >= figures["opacus_prv"]  # RDP is the looser bound
+    assert (run_dir / "audit" / "report.html").exists()
+
+
+@pytest.mark.parametrize("tamper, named", [
+    ("lower", "entry 0 was modified"),
+    ("truncate", "truncated"),
+])
+def test_audit_names_the_tampered_entry(run, tmp_path, tamper, named):
+    summary, run_dir, _ = run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    name = next(n["name"] for n in summary["nodes"] if n["rounds_trained"] == PLANNED)
+    ledger = copy / "ledgers" / f"{name}.jsonl"
+    lines = ledger.read_text().splitlines()
+    if tamper == "lower":
+        entry = json.loads(lines[0])
+        entry["epsilon"] /= 2
+        lines[0] = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+    else:
+        lines = lines[:-1]
+    ledger.write_text("\n".join(lines) + "\n")
+    result = fedsa("audit", str(ledger))
+    assert result.returncode == 1
+    assert f"{name}: ledger FAILED" in result.stdout and named in result.stdout, result.stdout
