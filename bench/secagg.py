@@ -1,12 +1,13 @@
 """Secure-aggregation benchmark: `python -m bench.secagg [--json] [--quick] [--flower-settings all|headline]`.
 
 For each setting (n nodes, k neighbours, `dropped` nodes vanishing after ShareKeys, i.e. the
-costliest case, m coordinates) one full in-memory round runs. Reported: the median client's
-masking time (quantize + masks + pack, inside `masked_input`), the server's unmask time
-(validating the responses and `finish`), the upload of one masked input, the time to expand
-the same number of raw keystream bytes that client's masking consumed (self mask, one stream
-per neighbour, one for stochastic rounding; median of 5), and mask_efficiency =
-keystream_s / client_mask_s.
+costliest case, m coordinates) one full in-memory round runs. Reported: the median over clients
+of the masking time (quantize + masks + pack, inside `masked_input`), the server's unmask time
+(validating the responses and `finish`), the upload of one masked input, keystream_s: the
+time to expand exactly the raw AES-CTR keystream bytes a client's masking consumes (4 bytes
+per coordinate for its self mask, for each other member of its U2 and for stochastic
+rounding), timed right after each client's masking so both see the same machine load
+(median over clients), and mask_efficiency = keystream_s / client_mask_s.
 Per-node traffic sums the payload bytes of every message a node sends and receives.
 If FEDSA_FLOWER_PYTHON names a Python with `flwr` (see bench/peers/README.md), the same
 settings also run through Flower's SecAgg+ code and add flower_* fields; with
@@ -100,14 +101,16 @@ def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str
     deliveries = server.deliveries()
     gone = {names[i] for i in rng.choice(n, size=dropped, replace=False)}
     vector = rng.uniform(-CLIP, CLIP, m)
-    times: dict[str, float] = {}
+    times: list[float] = []
+    keystreams: list[float] = []
     upload = 0
     for name in names:
         if name in gone:
             continue
         start = time.perf_counter()
         masked = clients[name].masked_input(deliveries[name], vector)
-        times[name] = time.perf_counter() - start
+        times.append(time.perf_counter() - start)
+        keystreams.append(_timed(expand_keystreams, [random_bytes(32) for _ in range(mask_streams(clients[name]))], m))
         upload = len(masked.packed)
         traffic[name] += payload(deliveries[name]) + payload(masked)
         server.receive_masked(masked)
@@ -123,10 +126,7 @@ def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str
     server_unmask = time.perf_counter() - start
     for response in responses:
         traffic[response.sender] += payload(request) + payload(response)
-    median_name = sorted(times, key=times.get)[len(times) // 2]
-    streams = 1 + len(clients[median_name].u2)  # self mask + pairwise masks + rounding
-    keystream = statistics.median(_timed(expand_keystreams, [random_bytes(32) for _ in range(streams)], m) for _ in range(5))
-    client_mask = times[median_name]
+    client_mask, keystream = statistics.median(times), statistics.median(keystreams)
     survivors_traffic = [traffic[name] for name in request.survivors]
     return {
         "n": n, "k": k, "t": config.threshold, "dropped": dropped, "m": m, "b": config.modulus_bits,
@@ -140,8 +140,14 @@ def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str
 HEADLINE = [(50, 11, 10, 1_000_000), (50, 49, 10, 1_000_000)]  # the issue's two m = 1M settings
 
 
+def mask_streams(client: SecAggClient) -> int:
+    """Keystreams one masked input expands: the self mask, a pairwise mask for every other
+    member of the client's U2 (which includes itself), and the stochastic-rounding stream."""
+    return 1 + (len(client.u2) - 1) + 1
+
+
 def _timed(function: Any, *args: Any) -> float:
-    """Seconds one call takes (the keystream baseline is a median of several, like client_mask_s)."""
+    """Seconds one call takes."""
     start = time.perf_counter()
     function(*args)
     return time.perf_counter() - start

@@ -13,13 +13,10 @@ from functools import lru_cache
 import numpy as np
 from sklearn.datasets import load_digits
 
+from fedsa_secure.data.tasks import NUM_DIGITS, TASK_CLASSES, task_labels
 from fedsa_secure.errors import ConfigError
 
-NUM_DIGITS = 10
 TEST_FRACTION = 0.2
-# Fixed (seed-independent) so that `task_input` needs no seed: node-4's teacher always sees
-# images under this one pixel shuffle, which destroys the spatial structure the student uses.
-_UNRELATED_PERMUTATION = np.random.default_rng(0x5EED_F00D).permutation(64)
 
 DEMO_NODES: dict[str, str] = {
     "node-1": "digits-0-4",
@@ -27,12 +24,11 @@ DEMO_NODES: dict[str, str] = {
     "node-3": "parity",
     "node-4": "unrelated",
 }
-TASK_CLASSES: dict[str, int] = {"digits-0-4": 5, "digits-5-9": 5, "parity": 2, "unrelated": 10}
 
 
 @dataclass(frozen=True)
 class LabelledSet:
-    """Images [N, 1, 8, 8] float32 in [0, 1] and integer labels [N] in range(num_classes)."""
+    """Images [N, 1, S, S] float32 in [0, 1] and integer labels [N] in range(num_classes)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -107,22 +103,5 @@ def node_data(name: str, seed: int, probe_per_class: int = 5) -> NodeData:
     x, digits = _load()
     idx = _split(seed, probe_per_class).nodes[name]
     task = DEMO_NODES[name]
-    if task == "digits-0-4":
-        labels = digits[idx]
-    elif task == "digits-5-9":
-        labels = digits[idx] - 5
-    elif task == "parity":
-        labels = digits[idx] % 2
-    else:  # unrelated: random labels, so the teacher's features carry nothing about digits
-        labels = np.random.default_rng([seed, 4]).integers(0, TASK_CLASSES[task], len(idx))
-    return NodeData(name, task, LabelledSet(x[idx], labels.astype(np.int64), TASK_CLASSES[task]))
-
-
-def task_input(task: str, images: np.ndarray) -> np.ndarray:
-    """Map raw images [N, 1, 8, 8] to what `task`'s teacher was trained on."""
-    if task not in TASK_CLASSES:
-        raise ConfigError(f"unknown task {task!r}; allowed tasks: {', '.join(TASK_CLASSES)}")
-    if task != "unrelated":
-        return images
-    flat = images.reshape(len(images), -1)[:, _UNRELATED_PERMUTATION]
-    return np.ascontiguousarray(flat.reshape(images.shape))
+    labels = task_labels(task, digits[idx], [seed, 4])
+    return NodeData(name, task, LabelledSet(x[idx], labels, TASK_CLASSES[task]))

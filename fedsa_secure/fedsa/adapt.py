@@ -35,6 +35,7 @@ class AdaptRecipe:
     max_shift: int = 1  # random translations of up to this many pixels (zero padded); 0: none
     batch_size: int | None = None  # None: full batch
     members: int = 1  # >1: average the logits of this many adaptations
+    fresh_head: bool = True  # False: start from the student's own head (`fedsa+` amalgamates a target-task head)
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.members < 1 or self.max_shift < 0 or (self.batch_size is not None and self.batch_size < 1):
@@ -105,9 +106,12 @@ def fit_probe(model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: AdaptRecip
 
 def _adapt_one(student: ConvNet, probe: LabelledSet, seed: int, recipe: AdaptRecipe) -> ConvNet:
     model = copy.deepcopy(student)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model.head = model.new_head(probe.num_classes)
+    if not recipe.fresh_head and model.head.out_features != probe.num_classes:
+        raise ValueError(f"cannot keep a {model.head.out_features}-class head for a {probe.num_classes}-class probe")
+    if recipe.fresh_head:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model.head = model.new_head(probe.num_classes)
     for p in model.parameters():
         p.requires_grad_(True)
     return fit_probe(model, probe.x, probe.y, recipe, seed)

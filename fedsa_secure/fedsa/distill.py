@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import secrets
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -22,7 +24,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedsa_secure.data import NodeData, task_input
 from fedsa_secure.errors import BudgetExhausted, ConfigError
 from fedsa_secure.models import ConvNet, Translator, backbone_state, flatten_state, load_backbone_state, make_student
-from fedsa_secure.privacy.accounting import calibrate_noise, epsilon_of, extend_history
+from fedsa_secure.privacy.accounting import calibrate_noise, epsilon_of, extend_history, fits_budget
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class DPSettings:
     accountant: str = "prv"
     optimizer: str = "sgd"  # "sgd" (with `momentum`) or "adam"
     momentum: float = 0.9
+    # Opacus per-sample-gradient engine: "ew" (torch ExpandedWeights), "hooks" or "functorch"; all three
+    # give the same clipped gradient. "ew" is the fastest on the demo's proxy (`python -m bench.dp`) and,
+    # unlike "hooks", stays exact on channels-last inputs. Ghost clipping needs another training loop.
+    grad_sample_mode: str = "ew"
 
     def __post_init__(self) -> None:
         for name in ("target_epsilon", "max_grad_norm", "learning_rate"):
@@ -63,6 +69,10 @@ class DPSettings:
             raise ConfigError(f"dp.momentum must be in [0, 1), got {self.momentum}")
         if self.accountant not in ("prv", "rdp"):
             raise ConfigError(f"dp.accountant must be 'prv' or 'rdp', got {self.accountant!r}")
+        if self.grad_sample_mode not in ("ew", "hooks", "functorch"):
+            raise ConfigError(
+                f"dp.grad_sample_mode must be 'ew', 'hooks' or 'functorch', got {self.grad_sample_mode!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -92,8 +102,41 @@ class _Proxy(nn.Module):
         return self.translator(self.features(x))
 
 
+class Objective(Protocol):
+    """What a node trains its proxy for: the proxy, per-record tensors (images first), the loss, the released parts."""
+
+    module: nn.Module
+    tensors: tuple[torch.Tensor, ...]
+    released: tuple[str, ...]  # top-level submodules of `module` whose delta leaves the node
+
+    def per_sample_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor: ...
+
+
+class FeatureObjective:
+    """Faithful FedSA: FitNets loss ||Phi_i(F_S(x)) - F_T(x)||^2 through a node-local translator; releases the backbone."""
+
+    released = ("features",)
+
+    def __init__(self, teacher: ConvNet, node: NodeData, seed: int) -> None:
+        with torch.no_grad():
+            teacher.eval()
+            target = teacher.features(torch.from_numpy(task_input(node.task, node.train.x)))
+        student = make_student(seed=seed)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            translator = Translator(student.feature_channels, teacher.feature_channels)
+        self.module = _Proxy(student.features, translator)
+        self.tensors = (torch.from_numpy(node.train.x), target)
+
+    def per_sample_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
+        xb, tb = batch
+        return F.mse_loss(model(xb), tb, reduction="none").flatten(1).mean(dim=1)
+
+
 class DPDistiller:
     """A node's DP proxy trainer; holds the node's single accountant and its persistent translator.
+
+    `objective` defaults to the faithful FitNets objective; `fedsa+` passes an OutputObjective.
 
     `mechanism_seed` seeds Poisson sampling and the Gaussian noise. Leave it None in deployment
     (fresh OS entropy): anyone who knows it can reproduce the batches and the noise.
@@ -107,24 +150,18 @@ class DPDistiller:
         seed: int,
         *,
         mechanism_seed: int | None = None,
+        objective: Objective | None = None,
     ) -> None:
         self.settings = settings
         self._rounds_trained = 0
-        x = torch.from_numpy(node.train.x)
-        with torch.no_grad():
-            teacher.eval()
-            target = teacher.features(torch.from_numpy(task_input(node.task, node.train.x)))
-        student = make_student(seed=seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            translator = Translator(student.feature_channels, teacher.feature_channels)
-        proxy = _Proxy(student.features, translator)
+        self._objective = objective or FeatureObjective(teacher, node, seed)
+        proxy = self._objective.module
 
         if mechanism_seed is None:
             mechanism_seed = secrets.randbits(62)
         sampler_rng = torch.Generator().manual_seed(mechanism_seed)
         noise_rng = torch.Generator().manual_seed(mechanism_seed + 1)
-        loader = DataLoader(TensorDataset(x, target), batch_size=settings.batch_size, generator=sampler_rng)
+        loader = DataLoader(TensorDataset(*self._objective.tensors), batch_size=settings.batch_size, generator=sampler_rng)
         # Opacus samples each record with probability 1/len(loader) (~ batch_size/N); use exactly that.
         self._sample_rate = 1.0 / len(loader)
         self._steps_per_round = settings.local_epochs * len(loader)
@@ -150,7 +187,13 @@ class DPDistiller:
             max_grad_norm=settings.max_grad_norm,
             poisson_sampling=True,
             noise_generator=noise_rng,
+            grad_sample_mode=settings.grad_sample_mode,
+            # Per-sample gradients of the per-record losses themselves (the loop backpropagates their sum);
+            # "mean" would scale them by the batch size in the backward pass only to undo it with the loss.
+            loss_reduction="sum",
         )
+        # The step is still the mean: (sum of clipped gradients + noise) / expected batch size, as with "mean".
+        self._optimizer.loss_reduction = "mean"
         if len(self._loader) * settings.local_epochs != self._steps_per_round:
             raise AssertionError("Opacus steps per epoch differ from the calibrated schedule")
 
@@ -187,7 +230,9 @@ class DPDistiller:
 
     def fits_budget(self) -> bool:
         """True if one more round keeps cumulative epsilon within the target."""
-        return self.epsilon_if_trained() <= self.settings.target_epsilon
+        s = self.settings
+        return fits_budget(self.history, self._noise_multiplier, self._sample_rate, self._steps_per_round,
+                           s.target_epsilon, s.delta, s.accountant)
 
     def train_round(self, student_state: dict[str, np.ndarray]) -> RoundResult:
         """Distil into a proxy of `student_state` under DP and return the backbone delta.
@@ -199,8 +244,9 @@ class DPDistiller:
                 f"one more round would spend epsilon {self.epsilon_if_trained():.3f} > target "
                 f"{self.settings.target_epsilon} (delta {self.settings.delta}); this node declines"
             )
-        proxy: _Proxy = self._model._module
-        load_backbone_state(proxy, student_state)
+        proxy = self._model._module
+        released = self._objective.released
+        load_backbone_state(proxy, student_state, released)
         self._optimizer.original_optimizer.state.clear()  # moments / momentum of last round's proxy are stale
         steps_before = sum(n for _, _, n in self._engine.accountant.history)
         self._model.train()
@@ -209,19 +255,27 @@ class DPDistiller:
             # Opacus's per-sample-gradient hooks fire on module outputs; our inputs need no gradient.
             warnings.filterwarnings("ignore", message="Full backward hook is firing")
             for _ in range(self.settings.local_epochs):
-                for xb, tb in self._loader:
+                for batch in self._loader:
                     self._optimizer.zero_grad(set_to_none=True)
-                    per_sample = F.mse_loss(self._model(xb), tb, reduction="none").flatten(1).mean(dim=1)
-                    loss = per_sample.sum() / max(len(xb), 1)  # the mean; 0, not NaN, on an empty Poisson batch
-                    loss.backward()
+                    if len(batch[0]) == 0:
+                        # An empty Poisson batch is still a DP-SGD step: zero clipped gradients plus noise, and
+                        # the accountant counts it. Give every parameter an empty per-sample gradient, as
+                        # Opacus's hooks would, rather than run "ew"/"functorch" on a batch of zero records.
+                        for p in self._optimizer.params:
+                            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+                        self._optimizer.step()
+                        losses.append(0.0)
+                        continue
+                    per_sample = self._objective.per_sample_loss(self._model, batch)
+                    per_sample.sum().backward()  # loss_reduction="sum": per-sample gradients of each record's loss
                     self._optimizer.step()
-                    losses.append(loss.detach().item())
+                    losses.append(per_sample.detach().mean().item())
         self._optimizer.zero_grad(set_to_none=True)
         steps = sum(n for _, _, n in self._engine.accountant.history) - steps_before
         if steps != self._steps_per_round:
             raise AssertionError(f"accountant saw {steps} steps, calibrated for {self._steps_per_round}")
         self._rounds_trained += 1
-        update = flatten_state(backbone_state(proxy)) - flatten_state(student_state)
+        update = flatten_state(backbone_state(proxy, released)) - flatten_state(student_state)
         return RoundResult(
             update=update.astype(np.float32),
             epsilon=self.epsilon,

@@ -40,7 +40,13 @@ def load_or_train_teacher(node: NodeData, cache: Path, seed: int) -> ConvNet:
     An unreadable or mismatched cache file is not an error: the teacher is retrained and the file replaced.
     """
     cache = Path(cache)
-    key = {"format": _CACHE_FORMAT, "node": node.name, "task": node.task, "seed": seed}
+    key = {
+        "format": _CACHE_FORMAT,
+        "node": node.name,
+        "task": node.task,
+        "seed": seed,
+        "shape": list(node.train.x.shape),  # tells datasets apart (digits and MNIST-5k use the same node names)
+    }
     model = _load(cache, key, node.train.num_classes, seed)
     if model is not None:
         return model

@@ -1,4 +1,4 @@
-"""Backbone parameters as named float32 arrays and flat vectors: the unit that leaves a node."""
+"""Backbone (optionally plus head) parameters as named float32 arrays and flat vectors: the unit that leaves a node."""
 
 from __future__ import annotations
 
@@ -9,18 +9,17 @@ from torch import nn
 BACKBONE = "features"
 
 
-def backbone_state(model: nn.Module) -> dict[str, np.ndarray]:
-    """Float32 copies of the backbone (`model.features`) parameters, keyed `features.<name>`, sorted."""
-    params = dict(getattr(model, BACKBONE).named_parameters())
+def backbone_state(model: nn.Module, parts: tuple[str, ...] = (BACKBONE,)) -> dict[str, np.ndarray]:
+    """Float32 copies of the parameters of `model`'s `parts` (default: the backbone), keyed `<part>.<name>`, sorted."""
     return {
-        f"{BACKBONE}.{name}": params[name].detach().cpu().numpy().astype(np.float32, copy=True)
-        for name in sorted(params)
+        name: param.detach().cpu().numpy().astype(np.float32, copy=True)
+        for name, param in sorted(_named_parameters(model, parts).items())
     }
 
 
-def load_backbone_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
-    """Overwrite the backbone parameters in place; names and shapes must match exactly."""
-    params = {f"{BACKBONE}.{n}": p for n, p in getattr(model, BACKBONE).named_parameters()}
+def load_backbone_state(model: nn.Module, state: dict[str, np.ndarray], parts: tuple[str, ...] = (BACKBONE,)) -> None:
+    """Overwrite the parameters of `model`'s `parts` in place; names and shapes must match exactly."""
+    params = _named_parameters(model, parts)
     if set(params) != set(state):
         missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
         raise ValueError(f"backbone state does not match the model: missing {missing}, unexpected {extra}")
@@ -30,6 +29,10 @@ def load_backbone_state(model: nn.Module, state: dict[str, np.ndarray]) -> None:
             if value.shape != tuple(param.shape):
                 raise ValueError(f"{name}: shape {value.shape} != model shape {tuple(param.shape)}")
             param.copy_(torch.from_numpy(value.astype(np.float32)))
+
+
+def _named_parameters(model: nn.Module, parts: tuple[str, ...]) -> dict[str, nn.Parameter]:
+    return {f"{part}.{n}": p for part in parts for n, p in getattr(model, part).named_parameters()}
 
 
 def flatten_state(state: dict[str, np.ndarray]) -> np.ndarray:

@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
 from dp_accounting import dp_event
-from dp_accounting.pld import PLDAccountant
+from dp_accounting.pld import privacy_loss_distribution
+from dp_accounting.privacy_accountant import NeighboringRelation
 from dp_accounting.rdp import RdpAccountant
+from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS, compute_epsilon
 
 from fedsa_secure.privacy.accounting import History, epsilon_of, extend_history
 
@@ -26,6 +29,8 @@ from fedsa_secure.privacy.accounting import History, epsilon_of, extend_history
 RECOMPUTE_TOLERANCE = 0.01
 ACCOUNTANTS = ("opacus_prv", "opacus_rdp", "dp_accounting_pld", "dp_accounting_rdp")
 OPACUS_NAMES = {"prv": "opacus_prv", "rdp": "opacus_rdp"}
+PLD_INTERVAL = 1e-4  # PLDAccountant's default value_discretization_interval
+RDP_ORDERS = np.array(DEFAULT_RDP_ORDERS)  # RdpAccountant's default orders
 
 
 @dataclass(frozen=True)
@@ -85,26 +90,56 @@ def epsilon_by(accountant: str, history: History, delta: float) -> float:
     raise ValueError(f"unknown accountant {accountant!r}; choose from {ACCOUNTANTS}")
 
 
-def dp_event_of(history: Sequence[tuple[float, float, int]]) -> dp_event.DpEvent:
-    """DP-SGD with Poisson sampling as dp-accounting sees it: each step a Poisson-subsampled Gaussian."""
-    return dp_event.ComposedDpEvent([
-        dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
-        for sigma, q, steps in history
-    ])
-
-
 @lru_cache(maxsize=128)
 def _google_epsilon(accountant: str, history: tuple[tuple[float, float, int], ...], delta: float) -> float:
-    engine = PLDAccountant() if accountant == "dp_accounting_pld" else RdpAccountant()
     absl = logging.getLogger("absl")
     level = absl.level
     # RDP drops fractional orders whose series does not converge and says so per order; the bound stays valid.
     absl.setLevel(logging.ERROR)
     try:
-        engine.compose(dp_event_of(history))
-        return float(engine.get_epsilon(delta))
+        pld = accountant == "dp_accounting_pld"
+        return _google_pld_epsilon(history, delta) if pld else _google_rdp_epsilon(history, delta)
     finally:
         absl.setLevel(level)
+
+
+def _google_pld_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """`PLDAccountant` composing each (sigma, q, steps) as steps Poisson-subsampled Gaussians, bit for bit.
+
+    It builds the one-step PLD (the expensive part) and self-composes it; this does the same with
+    the one-step PLD built once per mechanism, so histories differing only in steps share it.
+    """
+    pld = privacy_loss_distribution.identity(value_discretization_interval=PLD_INTERVAL)
+    for sigma, q, steps in history:
+        if q != 0:  # the accountant skips a mechanism that never samples
+            pld = pld.compose(_pld_per_step(sigma, q).self_compose(steps))
+    return float(pld.get_epsilon_for_delta(delta))
+
+
+@lru_cache(maxsize=8)  # about 1 MB each; a run has a few mechanisms
+def _pld_per_step(sigma: float, q: float) -> privacy_loss_distribution.PrivacyLossDistribution:
+    """One Poisson-subsampled Gaussian step's PLD, as `PLDAccountant` builds it (immutable, so shareable)."""
+    return privacy_loss_distribution.from_gaussian_mechanism(
+        standard_deviation=sigma, value_discretization_interval=PLD_INTERVAL, sampling_prob=q,
+        neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+    )
+
+
+def _google_rdp_epsilon(history: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """`RdpAccountant` on the same events, bit for bit: it adds steps x the one-step RDP vector per mechanism."""
+    rdp = np.zeros_like(RDP_ORDERS, dtype=np.float64)
+    for sigma, q, steps in history:
+        rdp += steps * _google_rdp_per_step(sigma, q)
+    return float(compute_epsilon(RDP_ORDERS, rdp, delta)[0])
+
+
+@lru_cache(maxsize=64)
+def _google_rdp_per_step(sigma: float, q: float) -> np.ndarray:
+    """One step's RDP at dp-accounting's default orders, from its own accountant (the expensive part)."""
+    event = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma))
+    rdp = RdpAccountant(orders=RDP_ORDERS).compose(event).rdp
+    rdp.flags.writeable = False  # cached: shared by every caller
+    return rdp
 
 
 def crosscheck(entries: Sequence[dict[str, Any]]) -> NodeCrossCheck | None:

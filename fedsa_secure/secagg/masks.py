@@ -70,5 +70,5 @@ def mask_and_pack(
         quantizer.block(values[start : start + part.size], part)
         adder.add_to(part)
         part &= mask
-        packer.put(start, part)
+        packer.append(part)
     return packer.tobytes()

@@ -6,6 +6,8 @@ exactly ceil(count*bits/8) and unused trailing bits are zero, so one vector has 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fedsa_secure.errors import ProtocolError
@@ -17,8 +19,9 @@ def packed_size(count: int, bits: int) -> int:
     return (count * bits + 7) // 8
 
 
-_GROUP = 64  # 64 values of b bits fill exactly b little-endian uint64 words
-_BLOCK_GROUPS = 4096  # groups packed per step (measured fastest on 1M values)
+_GROUP = 64  # unpack: 64 values of b bits fill exactly b little-endian uint64 words
+_BLOCK = 1 << 16  # values packed per step by pack() (masking hands over blocks of this size)
+_WHOLE_BYTES = (8, 16, 32)  # widths whose encoding is a plain little-endian array
 
 
 def pack(values: np.ndarray, bits: int) -> bytes:
@@ -30,60 +33,129 @@ def pack(values: np.ndarray, bits: int) -> bytes:
     if array.size and (array.min() < 0 or int(array.max()) >> bits):
         raise ValueError(f"pack: values must lie in [0, 2**{bits})")
     packer = Packer(array.size, bits)
-    step = _GROUP * _BLOCK_GROUPS
-    for start in range(0, array.size, step):
-        packer.put(start, array[start : start + step])
+    for start in range(0, array.size, _BLOCK):
+        packer.append(array[start : start + _BLOCK].astype(RING_DTYPE, copy=False))
     return packer.tobytes()
 
 
-class Packer:
-    """Packs one vector of `count` values block by block into a single preallocated buffer.
+def record_values(bits: int) -> int:
+    """Values per record: the fewest (a power of two) whose bits fill whole bytes, at least 8.
 
-    Lets masking pack each block while it is still in cache, with no per-block byte copies.
-    `put` trusts its caller: values must already lie in [0, 2**bits) (pack() checks them).
+    At least 8 bytes, so that one uint64 store per record and word never overlaps the same
+    word of the next record; at most 4 words (31 bytes).
+    """
+    count = 8 // math.gcd(bits, 8)  # the fewest values that end on a byte boundary
+    while count * bits < 64:
+        count *= 2
+    return count
+
+
+Term = tuple[int, int, bool]  # (value j of the record, shift, True = right shift)
+
+
+def record_plan(bits: int, count: int) -> list[list[Term]]:
+    """For each uint64 word of a record: the values it holds. Value j starts at bit j*bits and
+    its top bits spill into the next word when it crosses a word boundary."""
+    words: list[list[Term]] = [[] for _ in range(-(-count * bits // 64))]
+    for j in range(count):
+        word, shift = divmod(j * bits, 64)
+        words[word].append((j, shift, False))
+        if shift + bits > 64:
+            words[word + 1].append((j, 64 - shift, True))
+    return words
+
+
+class Packer:
+    """Packs one vector of `count` values, appended block by block, into one preallocated buffer.
+
+    Lets masking pack each block while it is still in cache, with a handful of whole-array
+    operations per block: adjacent values are first merged in pairs (v0 | v1 << b, one 64-bit
+    lane each); each record of g values (g/2 pairs) is then built in W uint64 words by
+    shift-ors and written with W strided, unaligned 8-byte stores straight into the output,
+    last word first: a record's last word may overhang into the next record's first word,
+    which is stored after it and overwrites the overhang. `append` trusts its caller: values
+    must already lie in [0, 2**bits).
     """
 
-    def __init__(self, count: int, bits: int) -> None:
+    def __init__(self, count: int, bits: int, block: int = _BLOCK) -> None:
         check_bits(bits)
-        self._count, self._bits = count, bits
-        if bits in (8, 16, 32):  # whole bytes: a plain little-endian array is the encoding
+        self._count, self._bits, self._done = count, bits, 0
+        if bits in _WHOLE_BYTES:
             self._out = np.empty(count, dtype=f"<u{bits // 8}")
             return
-        self._out = np.empty((-(-count // _GROUP), bits), dtype="<u8")
-        self._columns = np.empty((_GROUP, _BLOCK_GROUPS), dtype="<u8")
-        self._words = np.empty((bits, _BLOCK_GROUPS), dtype="<u8")
-        self._scratch = np.empty(_BLOCK_GROUPS, dtype="<u8")
+        self._group = record_values(bits)
+        self._record = self._group * bits // 8
+        records = -(-count // self._group)
+        # One spare record: the last record's last word store overhangs the end by under 8 bytes.
+        self._buffer = np.zeros((records + 1) * self._record, dtype=np.uint8)
+        self._plan = record_plan(2 * bits, self._group // 2)
+        self._stores = [self._word_view(w, records) for w in range(len(self._plan))]
+        block_records = -(-block // self._group)
+        self._pairs = np.empty(block_records * self._group // 2, dtype="<u8")
+        self._word = np.empty(block_records, dtype="<u8")
+        self._scratch = np.empty(block_records, dtype="<u8")
 
-    def put(self, start: int, values: np.ndarray) -> None:
-        """Pack values[i] as value start+i; `start` is a multiple of 64, blocks of at most 262,144 values."""
-        if self._bits in (8, 16, 32):
-            self._out[start : start + values.size] = values
-            return
-        if start % _GROUP or values.size > _GROUP * _BLOCK_GROUPS:
-            raise ValueError("Packer.put needs a start that is a multiple of 64 and at most 262,144 values")
-        first, count = start // _GROUP, -(-values.size // _GROUP)
-        # Transposed so that value j of every group is one contiguous row: the 64 shift-and-or
-        # steps then run over contiguous, cache-resident memory.
-        columns, acc, tmp = self._columns[:, :count], self._words[:, :count], self._scratch[:count]
-        full = values.size // _GROUP
-        columns[:, :full] = values[: full * _GROUP].reshape(full, _GROUP).T
-        if full < count:  # a last, partial group: zero padding
-            columns[:, full] = 0
-            columns[: values.size - full * _GROUP, full] = values[full * _GROUP :]
-        acc[...] = 0
-        bits = self._bits
-        for j in range(_GROUP):  # value j of every group lands at bit offset j*bits of that group
-            word, shift = divmod(j * bits, 64)
-            np.left_shift(columns[j], np.uint64(shift), out=tmp)
-            acc[word] |= tmp
-            if shift + bits > 64:
-                np.right_shift(columns[j], np.uint64(64 - shift), out=tmp)
-                acc[word + 1] |= tmp
-        self._out[first : first + count] = acc.T
+    def _word_view(self, word: int, records: int) -> np.ndarray:
+        """Word `word` of every record: an unaligned uint64 view with the record size as stride."""
+        return np.ndarray((records,), dtype="<u8", buffer=self._buffer, offset=8 * word, strides=(self._record,))
+
+    def append(self, values: np.ndarray) -> None:
+        """Pack the next values.size uint32 values; every block but the last must fill whole records."""
+        if self._done + values.size > self._count:
+            raise ValueError(f"Packer holds {self._count} values; {self._done + values.size} appended")
+        if self._bits in _WHOLE_BYTES:
+            self._out[self._done : self._done + values.size] = values
+        else:
+            self._append_records(np.ascontiguousarray(values, dtype=RING_DTYPE))
+        self._done += values.size
+
+    def _append_records(self, values: np.ndarray) -> None:
+        group = self._group
+        if self._done % group:
+            raise ValueError(f"Packer.append: only the last block may end inside a {group}-value record")
+        records = -(-values.size // group)
+        if records > self._word.size:
+            raise ValueError(f"Packer.append takes at most {self._word.size * group} values at a time")
+        if values.size % group:  # the last, partial record: zero padding
+            values = np.concatenate([values, np.zeros(records * group - values.size, dtype=RING_DTYPE)])
+        columns = self._merge_pairs(values).reshape(records, group // 2)
+        first = self._done // group
+        out, tmp = self._word[:records], self._scratch[:records]
+        for store, terms in zip(reversed(self._stores), reversed(self._plan)):
+            store[first : first + records] = self._build_word(columns, terms, out, tmp)
+
+    @staticmethod
+    def _build_word(columns: np.ndarray, terms: list[Term], out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
+        """OR together the shifted pairs one word holds (an unshifted pair is used in place)."""
+        (j, shift, right), *rest = terms
+        word = _shifted(columns[:, j], shift, right, out)
+        for j, shift, right in rest:
+            word = np.bitwise_or(word, _shifted(columns[:, j], shift, right, tmp), out=out)
+        return word
+
+    def _merge_pairs(self, values: np.ndarray) -> np.ndarray:
+        """v0 | v1 << bits for each adjacent pair, from the uint64 view (v0 | v1 << 32) of the pair."""
+        raw = values.view("<u8")
+        pairs = self._pairs[: raw.size]
+        np.right_shift(raw, 32, out=pairs)
+        pairs *= (1 << 32) - (1 << self._bits)
+        np.subtract(raw, pairs, out=pairs)
+        return pairs
 
     def tobytes(self) -> bytes:
         """The packed vector: packed_size(count, bits) bytes."""
-        return self._out.tobytes()[: packed_size(self._count, self._bits)]
+        if self._done != self._count:
+            raise ValueError(f"Packer got {self._done} of {self._count} values")
+        if self._bits in _WHOLE_BYTES:
+            return self._out.tobytes()
+        return self._buffer[: packed_size(self._count, self._bits)].tobytes()
+
+
+def _shifted(column: np.ndarray, shift: int, right: bool, out: np.ndarray) -> np.ndarray:
+    """`column` shifted into `out`, or `column` itself when there is nothing to shift."""
+    if not shift:
+        return column
+    return (np.right_shift if right else np.left_shift)(column, shift, out=out)
 
 
 def unpack(data: bytes, bits: int, count: int) -> np.ndarray:

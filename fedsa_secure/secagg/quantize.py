@@ -49,45 +49,56 @@ def check_capacity(config: RoundConfig) -> None:
         )
 
 
-BLOCK = 1 << 16  # values per step: the float64 temporaries (512 KiB each) stay in L2 cache
+BLOCK = 1 << 16  # values per step: the float64 scratch (512 KiB each) stays in L2 cache
+_UNIT = 2.0**32  # fixed-point scale: one level = 2**32 units, the resolution of a rounding word
 
 
 class Quantizer:
     """Quantizes consecutive blocks of a vector with shared scratch space and one rounding stream.
 
-    Clip, scale onto [0, 2**level_bits] and stochastically round. Scaling straight to
-    s * 2**32 (exact: a power of two) and truncating to uint64 gives floor(s) in the high and
-    the fraction f = frac(s) as F = floor(f * 2**32) in the low 32-bit half; the value rounds
-    up iff a fresh uniform word u < F, i.e. with probability F / 2**32: the bias is below 2**-32
-    of one level (s <= 2**16 has at least 36 fraction bits, so F is exact). The words come from
-    `rounding`, normally `Randomness.word_reader()` (a fresh random AES key): a predictable
-    source would leak the input through the rounding.
+    Clip and scale x onto s in [0, 2**level_bits], then round up with probability frac(s): with
+    S = s * 2**32 (exact: a power of two) and a fresh uniform word u, the result is
+    floor((S + 2**32 - 1 - u) / 2**32) = floor(s) + [u < F], F = floor(frac(s) * 2**32), so the
+    value rounds up with probability F / 2**32 and the bias is below 2**-32 of one level. For
+    level_bits <= 20 every term stays below 2**53, so float64 holds the sum to within a unit
+    (each further level bit doubles that, as with any float64 fixed point). It takes only fast
+    float passes: no float64 -> uint64 conversion, no comparison, no boolean temporaries.
+    The words come from `rounding`, normally `Randomness.word_reader()` (a fresh random AES
+    key): a predictable source would leak the input through the rounding.
     """
 
     def __init__(self, spec: QuantizationSpec, rounding: KeystreamReader) -> None:
         levels = float(1 << spec.level_bits)
-        self._scale = levels / (2.0 * spec.clip) * 2.0**32
-        self._offset = levels / 2.0 * 2.0**32
-        self._top = levels * 2.0**32
+        self._scale = levels / (2.0 * spec.clip) * _UNIT
+        self._half = levels / 2.0 * _UNIT  # |x * scale| bound; also the offset onto [0, levels]
+        # The offset, plus 2**32 - 1 of the rounding rule, minus the 2**31 that read_centred takes off u.
+        self._bias = self._half + (_UNIT - 1.0) - 2.0**31
         self._rounding = rounding
         self._scaled = np.empty(BLOCK)
-        self._fixed = np.empty(BLOCK, dtype="<u8")
-        self._up = np.empty(BLOCK, dtype=bool)
+        # Results lie in [0, levels]: the fast signed conversion fits unless levels is 2**31.
+        self._integer = np.dtype("<i4") if spec.level_bits < 31 else np.dtype("<u4")
 
     def block(self, part: np.ndarray, out: np.ndarray) -> None:
         """Quantize float64 `part` (at most BLOCK values) into uint32 `out` of the same size."""
         n = part.size
-        scaled, fixed, up = self._scaled[:n], self._fixed[:n], self._up[:n]
+        scaled = self._scaled[:n]
+        np.multiply(part, self._scale, out=scaled)
+        self._clip(part, scaled)
+        np.subtract(scaled, self._rounding.read_centred(n), out=scaled)  # S - (u - 2**31)
+        scaled += self._bias
+        scaled *= 1.0 / _UNIT
+        np.copyto(out.view(self._integer), scaled, casting="unsafe")  # truncation = floor here
+
+    def _clip(self, part: np.ndarray, scaled: np.ndarray) -> None:
+        """Clip scaled values to [-half, half]; two reductions usually show there is nothing to do.
+
+        NaN fails both comparisons, so non-finite input is always caught on the slow path.
+        """
+        if scaled.min(initial=0.0) >= -self._half and scaled.max(initial=0.0) <= self._half:
+            return
         if not np.isfinite(part).all():
             raise ProtocolError("the vector to aggregate contains NaN or infinite values")
-        np.multiply(part, self._scale, out=scaled)
-        scaled += self._offset
-        np.clip(scaled, 0.0, self._top, out=scaled)  # the clip to [-clip, clip], in scaled units
-        fixed[...] = scaled  # truncation = floor for these non-negative values
-        halves = fixed.view("<u4")  # little-endian: [low, high] per value
-        out[...] = halves[1::2]
-        np.less(self._rounding.read(n), halves[0::2], out=up)
-        out += up
+        np.clip(scaled, -self._half, self._half, out=scaled)
 
 
 def dequantize_sum(total: np.ndarray, spec: QuantizationSpec, count: int) -> np.ndarray:

@@ -4,15 +4,31 @@ import json
 import re
 
 import pytest
+from opacus.accountants.analysis import rdp as opacus_rdp
 
 from fedsa_secure.errors import LedgerError
+from fedsa_secure.privacy import accounting, crosscheck
 from fedsa_secure.privacy.audit import run_audit
 from fedsa_secure.privacy.crosscheck import epsilon_by
 from fedsa_secure.privacy.ledger import (
     GENESIS, Ledger, LedgerHead, entry_hash, head_path, read_entries, read_head, write_head,
 )
+from fedsa_secure.privacy.report import build_report
 
 SIGMA, Q, STEPS = 0.86181640625, 1 / 6, 12  # the demo's mechanism: one round is 12 steps
+
+# The fixture's report figures (node-1: 2 rounds, node-2: 1 round), computed by fresh library accountants
+# for every evaluation, before the accountants shared per-mechanism work; sharing it must not move them.
+PINNED_REPORT = {
+    "node-1": {"figures": {"opacus_prv": 7.99829650167516, "opacus_rdp": 9.11464389492989,
+                           "dp_accounting_pld": 7.987732477730037, "dp_accounting_rdp": 9.129898106946417},
+               "curve": [11.641462438594164, 10.473586437990113, 9.262908702662777, 7.99829650167516,
+                         6.662367609453825, 5.225088144163057]},
+    "node-2": {"figures": {"opacus_prv": 6.0773551176075475, "opacus_rdp": 7.035342514651427,
+                           "dp_accounting_pld": 6.066878696306928, "dp_accounting_rdp": 7.036027454480289},
+               "curve": [9.178741485272443, 8.179766888692226, 7.148528957919951, 6.0773551176075475,
+                         4.9544093572874, 3.7595358147001434]},
+}
 
 
 def epsilon_after(rounds: int) -> float:
@@ -82,6 +98,26 @@ def test_intact_run_passes_and_writes_both_reports(run, capsys):
                     "Ledger verification", "epsilon(delta)"):
         assert heading in html
     assert "torchcsprng" in html and "teacher is treated as a fixed function" in html
+
+
+def test_report_figures_are_pinned_and_the_rdp_is_computed_once(run, monkeypatch):
+    """Two nodes, 6 deltas, 4 accountants, every round re-checked: one mechanism, so one Opacus RDP vector."""
+    for cached in (accounting._epsilon_cached, accounting._rdp_per_step, crosscheck._google_epsilon):
+        cached.cache_clear()
+    calls = []
+    compute_rdp = opacus_rdp.compute_rdp
+
+    def counted(**kwargs):
+        calls.append(kwargs)
+        return compute_rdp(**kwargs)
+
+    monkeypatch.setattr(opacus_rdp, "compute_rdp", counted)
+    report = build_report(run)
+    for name, pinned in PINNED_REPORT.items():
+        node = node_report(report, name)
+        assert node["crosscheck"]["figures"] == pytest.approx(pinned["figures"], rel=1e-9)
+        assert [eps for _, eps in node["epsilon_delta_curve"]["points"]] == pytest.approx(pinned["curve"], rel=1e-9)
+    assert len(calls) == 1
 
 
 def test_reports_copy_only_whitelisted_fields(run, capsys):

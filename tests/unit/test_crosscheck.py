@@ -3,6 +3,10 @@
 import math
 
 import pytest
+from dp_accounting import dp_event
+from dp_accounting.pld import PLDAccountant
+from dp_accounting.rdp import RdpAccountant
+from opacus.accountants import create_accountant
 
 from fedsa_secure.privacy.crosscheck import ACCOUNTANTS, crosscheck, epsilon_by, histories
 from fedsa_secure.privacy.ledger import Ledger, read_entries
@@ -29,6 +33,22 @@ def test_pinned_epsilons(history, expected):
         assert got[name] == pytest.approx(expected[name], rel=2e-3), name
     assert abs(got["opacus_prv"] - got["dp_accounting_pld"]) < 0.02
     assert got["opacus_rdp"] > got["opacus_prv"] and got["dp_accounting_rdp"] > got["dp_accounting_pld"]
+
+
+def test_shared_work_matches_fresh_library_accountants_bit_for_bit():
+    """epsilon_by reuses each mechanism's RDP vector and one-step PLD across histories; that must not move a figure."""
+    history, delta = [(1.2, 0.1, 5), (1.5, 0.1, 7)], 1e-5
+    event = dp_event.ComposedDpEvent([
+        dp_event.SelfComposedDpEvent(dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma)), steps)
+        for sigma, q, steps in history
+    ])
+    expected = {"dp_accounting_pld": PLDAccountant().compose(event).get_epsilon(delta),
+                "dp_accounting_rdp": RdpAccountant().compose(event).get_epsilon(delta)}
+    for mechanism in ("prv", "rdp"):
+        accountant = create_accountant(mechanism=mechanism)
+        accountant.history = list(history)
+        expected[f"opacus_{mechanism}"] = accountant.get_epsilon(delta=delta)
+    assert {name: epsilon_by(name, history, delta) for name in ACCOUNTANTS} == expected
 
 
 def test_no_noise_means_no_guarantee():

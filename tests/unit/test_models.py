@@ -88,3 +88,15 @@ def test_load_rejects_mismatched_state():
     state["features.0.bias"] = np.zeros(3, np.float32)
     with pytest.raises(ValueError, match="shape"):
         load_backbone_state(model, state)
+
+
+def test_larger_images_are_pooled_to_the_same_spatial_head_and_parts_round_trip():
+    s = make_student(10, seed=0)
+    x = torch.rand(2, 1, 14, 14)
+    assert s.features(x).shape == (2, 32, 7, 7) and s(x).shape == (2, 10)
+    torch.testing.assert_close(s(x), s.head(torch.nn.functional.adaptive_avg_pool2d(s.features(x), 4).flatten(1)))
+    both = backbone_state(s, ("features", "head"))
+    assert set(both) - set(backbone_state(s)) == {"head.weight", "head.bias"}
+    other = make_student(10, seed=1)
+    load_backbone_state(other, both, ("features", "head"))
+    torch.testing.assert_close(other(x), s(x))

@@ -53,15 +53,39 @@ def test_out_of_range_values_rejected() -> None:
         pack(np.array([-1], dtype=np.int64), 3)
 
 
-@pytest.mark.parametrize("bits", [5, 16, 22])
+def _reference(values: np.ndarray, bits: int) -> bytes:
+    """The little-endian bit stream, built with Python integers: value i at bit i*bits."""
+    total = sum(int(v) << (i * bits) for i, v in enumerate(values))
+    return total.to_bytes(packed_size(values.size, bits), "little")
+
+
+@pytest.mark.parametrize("bits", range(1, 33))
+def test_every_width_matches_the_reference_bit_stream(bits: int) -> None:
+    for count in (1, 63, 64, 65, 300):
+        values = _values(count, bits)
+        assert pack(values, bits) == _reference(values, bits)
+
+
+@pytest.mark.parametrize("bits", [5, 16, 22, 23, 24])
 def test_packer_blocks_concatenate_to_the_whole_encoding(bits: int) -> None:
     values = np.random.default_rng(bits).integers(0, 2**bits, 1000).astype(np.uint32)
     packer = Packer(values.size, bits)
-    for start in (0, 128, 576):  # multiples of 64; the last block ends in a partial group
-        packer.put(start, values[start : {0: 128, 128: 576, 576: 1000}[start]])
+    for start, end in ((0, 128), (128, 576), (576, 1000)):  # whole records; the last ends in a partial one
+        packer.append(values[start:end])
     assert packer.tobytes() == pack(values, bits)
 
 
-def test_packer_refuses_a_block_off_the_group_grid() -> None:
-    with pytest.raises(ValueError, match="multiple of 64"):
-        Packer(1000, 22).put(3, np.zeros(10, dtype=np.uint32))
+def test_packer_refuses_a_block_after_a_partial_record() -> None:
+    packer = Packer(1000, 22)
+    packer.append(np.zeros(10, dtype=np.uint32))  # 22-bit records hold 4 values
+    with pytest.raises(ValueError, match="last block"):
+        packer.append(np.zeros(10, dtype=np.uint32))
+
+
+def test_packer_refuses_too_many_values_or_an_early_tobytes() -> None:
+    packer = Packer(100, 22)
+    with pytest.raises(ValueError, match="holds 100"):
+        packer.append(np.zeros(101, dtype=np.uint32))
+    packer.append(np.zeros(64, dtype=np.uint32))
+    with pytest.raises(ValueError, match="64 of 100"):
+        packer.tobytes()

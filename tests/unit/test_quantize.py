@@ -15,7 +15,7 @@ from fedsa_secure.secagg.quantize import (
     quantization_step,
     required_modulus_bits,
 )
-from fedsa_secure.crypto import SYSTEM
+from fedsa_secure.crypto import SYSTEM, KeystreamReader, keystream_words
 
 
 def quantize(x: np.ndarray, spec: QuantizationSpec) -> np.ndarray:
@@ -95,3 +95,28 @@ def test_dequantize_sum_of_several_vectors() -> None:
 def test_quantize_refuses_non_finite() -> None:
     with pytest.raises(ProtocolError, match="NaN"):
         quantize(np.array([0.0, np.nan]), QuantizationSpec(1.0, 4))
+
+
+def test_rounding_follows_the_exact_rule_with_the_reader_words() -> None:
+    """q = floor(s) + [u < F], F = frac(s) * 2**32, u the rounding stream's words in order."""
+    spec = QuantizationSpec(1.0, 16)
+    k = np.random.default_rng(7).integers(-(2**20), 2**20, 5000)
+    x = k / 2.0**20  # s = k/32 + 2**15 exactly, so F is known exactly
+    seed = bytes(range(32))
+    out = np.empty(x.size, dtype=np.uint32)
+    Quantizer(spec, KeystreamReader(seed)).block(x, out)
+    whole, frac = np.divmod(k, 32)  # floor and remainder of k / 32
+    words = keystream_words(seed, x.size).astype(np.int64)
+    expected = whole + 2**15 + (words < frac * 2**27)
+    assert np.array_equal(out, expected)
+
+
+def test_huge_finite_values_are_clipped_not_refused() -> None:
+    with np.errstate(over="ignore"):  # x * scale overflows to +-inf
+        q = quantize(np.array([-1e308, 1e308, 0.0]), QuantizationSpec(1.0, 8))
+    assert list(q) == [0, 256, 128]
+
+
+def test_quantize_refuses_infinite() -> None:
+    with pytest.raises(ProtocolError, match="infinite"):
+        quantize(np.array([0.0, np.inf]), QuantizationSpec(1.0, 4))
