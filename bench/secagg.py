@@ -27,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +34,7 @@ import numpy as np
 
 from fedsa_secure.crypto import expand_keystreams, random_bytes
 from fedsa_secure.secagg.client import SecAggClient
-from fedsa_secure.secagg.messages import QuantizationSpec, RoundConfig
+from fedsa_secure.secagg.messages import QuantizationSpec, RoundConfig, payload_bytes
 from fedsa_secure.secagg.quantize import required_modulus_bits
 from fedsa_secure.secagg.server import SecAggServer
 
@@ -65,19 +64,6 @@ def threshold(k: int) -> int:
     return (k + 1) // 2 + 1
 
 
-def payload(obj: Any) -> int:
-    """Bytes of all bytes/str content in a message (the part that grows with n, k and m)."""
-    if isinstance(obj, bytes):
-        return len(obj)
-    if isinstance(obj, str):
-        return len(obj.encode("utf-8"))
-    if isinstance(obj, (tuple, list)):
-        return sum(payload(item) for item in obj)
-    if is_dataclass(obj):
-        return sum(payload(getattr(obj, f.name)) for f in fields(obj))
-    return 8  # numbers
-
-
 def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     names = tuple(f"node{i:03d}" for i in range(n))
@@ -91,12 +77,12 @@ def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str
     traffic = {name: 0 for name in names}
     for name, client in clients.items():
         ad = client.advertise()
-        traffic[name] += payload(ad)
+        traffic[name] += payload_bytes(ad)
         server.receive_advertise(ad)
     roster = server.roster()
     for name, client in clients.items():
         shares = client.share_keys(roster)
-        traffic[name] += payload(roster) + payload(shares)
+        traffic[name] += payload_bytes(roster) + payload_bytes(shares)
         server.receive_shares(shares)
     deliveries = server.deliveries()
     gone = {names[i] for i in rng.choice(n, size=dropped, replace=False)}
@@ -112,7 +98,7 @@ def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str
         times.append(time.perf_counter() - start)
         keystreams.append(_timed(expand_keystreams, [random_bytes(32) for _ in range(mask_streams(clients[name]))], m))
         upload = len(masked.packed)
-        traffic[name] += payload(deliveries[name]) + payload(masked)
+        traffic[name] += payload_bytes(deliveries[name]) + payload_bytes(masked)
         server.receive_masked(masked)
     check = server.consistency_request()
     for name in check.survivors:
@@ -125,7 +111,7 @@ def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str
     server.finish()
     server_unmask = time.perf_counter() - start
     for response in responses:
-        traffic[response.sender] += payload(request) + payload(response)
+        traffic[response.sender] += payload_bytes(request) + payload_bytes(response)
     client_mask, keystream = statistics.median(times), statistics.median(keystreams)
     survivors_traffic = [traffic[name] for name in request.survivors]
     return {

@@ -1,7 +1,11 @@
 """The aggregator: owns the student and the probe set, selects cohorts, runs secure rounds.
 
 It only ever holds masked vectors of individual nodes; `SecAggServer.finish` gives it the
-weighted sum, which it amalgamates into the student.
+weighted sum, which it amalgamates into the student. `federation.method` picks the algorithm:
+faithful `fedsa` (Grad-CAM selection every `select_every` rounds, backbone amalgamated, fresh head
+at adaptation) or `fedsa+` (one LogME selection, since its scores do not depend on the student;
+backbone and target-task head amalgamated, adaptation starting from the amalgamated head).
+Each round's amalgamated student is checkpointed under `checkpoints/` (round 0: the initial one).
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ import numpy as np
 import torch
 
 from fedsa_secure import messages as msg
-from fedsa_secure.config import AggregatorConfig
+from fedsa_secure.config import AggregatorConfig, FederationSection
 from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.crypto.rand import random_bytes
-from fedsa_secure.data import aggregator_data
+from fedsa_secure.data import LabelledSet, aggregator_data, federation
 from fedsa_secure.errors import AbortRound, BudgetsExhausted, IntegrityError, ProtocolError
-from fedsa_secure.fedsa.adapt import adapt, evaluate, scratch
+from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
 from fedsa_secure.fedsa.amalgamate import apply_update
+from fedsa_secure.fedsa.distill import FeatureObjective
+from fedsa_secure.fedsa.output_kd import OutputKDSettings
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
+from fedsa_secure.fedsa.select_plus import concentrated_probabilities
 from fedsa_secure.models import backbone_state, flatten_state, make_student
 from fedsa_secure.plots import plot_progress
 from fedsa_secure.secagg import messages as sa
@@ -35,7 +42,20 @@ from fedsa_secure.transport.server import FederationServer
 from fedsa_secure.transport.tls import TlsFiles
 
 log = logging.getLogger("fedsa_secure.aggregator")
-METHOD = "fedsa"
+
+
+def released_parts(method: str) -> tuple[str, ...]:
+    """The student parts the method's nodes train and release (what the secure sum carries), as the nodes' objectives say."""
+    if method == "fedsa":
+        return FeatureObjective.released
+    return ("features", "head") if OutputKDSettings().release_head else ("features",)
+
+
+def aggregator_sets(fed: FederationSection) -> tuple[LabelledSet, LabelledSet]:
+    """The student owner's (probe, test) sets for the configured dataset."""
+    if fed.dataset == "digits":
+        return aggregator_data(fed.seed, fed.probe_per_class)
+    return federation(fed.dataset).aggregator(fed.seed, fed.probe_budget)
 
 
 @dataclass
@@ -76,8 +96,12 @@ class Aggregator:
         self.run_dir = Path(config.aggregator.run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.rng = np.random.default_rng(fed.seed)
-        self.probe, self.test = aggregator_data(fed.seed, fed.probe_per_class)
+        self.probe, self.test = aggregator_sets(fed)
         self.student = make_student(num_classes=self.probe.num_classes, seed=fed.seed)
+        self.parts = released_parts(fed.method)
+        # fedsa+ amalgamates a target-task head: adaptation fine-tunes it instead of starting afresh.
+        self.recipe = AdaptRecipe(fresh_head="head" not in self.parts)
+        self.scores: dict[str, float] = {}  # the latest transferability each node reported
         self.nodes = {name: NodeRecord(name) for name in fed.nodes}
         self.rounds: list[RoundRecord] = []
         self.probabilities = {name: 1.0 / len(fed.nodes) for name in fed.nodes}
@@ -92,7 +116,11 @@ class Aggregator:
         started = time.perf_counter()
         self.saliency_model = scratch(self.probe, fed.seed)
         scratch_accuracy = evaluate(self.saliency_model, self.test)
-        self.report(f"scratch baseline (student trained on {len(self.probe)} probe labels only): accuracy {scratch_accuracy:.4f}")
+        self.report(
+            f"{fed.method} on {fed.dataset}; scratch baseline (student trained on {len(self.probe)} probe labels only): "
+            f"accuracy {scratch_accuracy:.4f}"
+        )
+        self._checkpoint(0)
         port = self.server.start()
         try:
             self._announce(port)
@@ -111,7 +139,7 @@ class Aggregator:
                     self.report(self.stopped)
                     break
             if adapted is None or not self.rounds or self.rounds[-1].accuracy is None:
-                adapted = adapt(self.student, self.probe, fed.seed)
+                adapted = adapt(self.student, self.probe, fed.seed, self.recipe)
             accuracy = evaluate(adapted, self.test)
         finally:
             for name in fed.nodes:
@@ -131,7 +159,10 @@ class Aggregator:
     def _round(self, number: int, present: list[str]) -> torch.nn.Module | None:
         fed = self.config.federation
         started = time.perf_counter()
-        if (number - 1) % fed.select_every == 0:
+        if fed.method == "fedsa+" and number == 1:
+            self._select_outputs(number, present)
+            log.info("round %d: selection took %.2fs", number, time.perf_counter() - started)
+        elif fed.method == "fedsa" and (number - 1) % fed.select_every == 0:
             self._select(number, present)
             log.info("round %d: selection took %.2fs", number, time.perf_counter() - started)
         names = [n for n in present if n in self.probabilities]
@@ -144,8 +175,9 @@ class Aggregator:
             aborted = str(exc)
             self.report(f"round {number}: aborted, student unchanged: {exc}")
         adapted, accuracy = None, None
+        self._checkpoint(number)
         if number % fed.adapt_every == 0 or number == fed.rounds:
-            adapted = adapt(self.student, self.probe, fed.seed)
+            adapted = adapt(self.student, self.probe, fed.seed, self.recipe)
             accuracy = evaluate(adapted, self.test)
             self.saliency_model = adapted
             log.info("round %d: adapted after %.2fs", number, time.perf_counter() - started)
@@ -179,6 +211,18 @@ class Aggregator:
         # Grad-CAM needs a trained head: use the latest adapted student (Scratch before round 1).
         maps = gradcam_maps(self.saliency_model, self.probe.x)
         request = msg.SelectRequest(round=number, probe_images=self.probe.x, student_maps=maps)
+        scores = self._collect_scores(number, present, request)
+        self.probabilities = dict(zip(scores, map(float, selection_probabilities(list(scores.values())))))
+
+    def _select_outputs(self, number: int, present: list[str]) -> None:
+        """fedsa+: send the labelled probe set once; each node returns its teacher's LogME score."""
+        probe = self.probe
+        request = msg.OutputSelectRequest(round=number, probe_images=probe.x, probe_labels=probe.y, num_classes=probe.num_classes)
+        scores = self._collect_scores(number, present, request)
+        self.probabilities = dict(zip(scores, map(float, concentrated_probabilities(list(scores.values())))))
+
+    def _collect_scores(self, number: int, present: list[str], request: msg.ServerMessage) -> dict[str, float]:
+        """Each answering node's transferability scalar, sorted by node name; too few answers abort the run."""
         for name in present:
             self.server.send(name, request)
         replies = self.server.collect(present, msg.SelectReply, self.config.aggregator.stage_timeout, round=number)
@@ -186,13 +230,13 @@ class Aggregator:
         if len(names) < self.config.federation.cohort_size:
             raise AbortRound(f"only {len(names)} nodes answered selection in round {number}")
         self._record_privacy(names, number)
-        scores = [replies[n].transferability for n in names]
-        self.probabilities = dict(zip(names, map(float, selection_probabilities(scores))))
+        self.scores = {n: float(replies[n].transferability) for n in names}
+        return dict(self.scores)
 
     def _secure_round(self, number: int, cohort: list[str]) -> list[str]:
         """Send the student to the cohort and securely sum their weighted updates into it."""
         started = time.perf_counter()
-        state = backbone_state(self.student)
+        state = backbone_state(self.student, self.parts)
         config = self._secagg_config(number, cohort, flatten_state(state).size)
         weight = 1.0 / len(cohort)
         for name in cohort:
@@ -241,7 +285,7 @@ class Aggregator:
         # Weights were 1/|cohort| before masking; rescale so dropouts do not shrink the step.
         total *= len(cohort) / len(request.survivors)
         self._dump(f"aggregate-r{number}.npy", total)
-        apply_update(self.student, total)
+        apply_update(self.student, total, self.parts)
         self._record_privacy(signers, number)  # nodes report after answering the unmask request
         return list(request.survivors)
 
@@ -279,8 +323,13 @@ class Aggregator:
         )
 
     def _summary(self, accuracy: float, scratch_accuracy: float, seconds: float) -> dict[str, Any]:
+        fed = self.config.federation
         return {
-            "method": METHOD,
+            "method": fed.method,
+            "dataset": fed.dataset,
+            "released": list(self.parts),
+            "vector_length": int(flatten_state(backbone_state(self.student, self.parts)).size),
+            "transferability": self.scores,
             "student_accuracy": accuracy,
             "scratch_accuracy": scratch_accuracy,
             "rounds": len(self.rounds),
@@ -302,7 +351,7 @@ class Aggregator:
     def _save(self, adapted: torch.nn.Module, summary: dict[str, Any]) -> None:
         _atomic_torch_save(adapted.state_dict(), self.run_dir / "student.pt")
         metadata = {
-            "method": METHOD,
+            "method": self.config.federation.method,
             "architecture": type(adapted).__name__,
             "num_classes": self.probe.num_classes,
             "input_shape": list(self.probe.x.shape[1:]),
@@ -314,6 +363,10 @@ class Aggregator:
         _atomic_write(self.run_dir / "student.json", json.dumps(metadata, indent=2))
         _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         plot_progress(summary, self.run_dir / "progress.png")
+
+    def _checkpoint(self, number: int) -> None:
+        """The amalgamated student after round `number` (before adaptation), for resuming and for checking sums."""
+        _atomic_torch_save(self.student.state_dict(), self.run_dir / "checkpoints" / f"student-r{number}.pt")
 
     def _dump(self, name: str, array: np.ndarray) -> None:
         dump_dir = self.config.testing.dump_dir
@@ -346,6 +399,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 def _atomic_torch_save(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".{path.name}.tmp")
     torch.save(state, temp)
     os.replace(temp, path)

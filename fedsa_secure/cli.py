@@ -1,4 +1,4 @@
-"""The `fedsa-secure` command: demo, audit, keys, aggregator, node."""
+"""The `fedsa-secure` command: demo, audit, keys, aggregator, node, experiment."""
 
 from __future__ import annotations
 
@@ -30,9 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    demo = commands.add_parser("demo", help="run a 4-node federation on load_digits, one process per party")
+    demo = commands.add_parser("demo", help="run a whole federation on this machine, one process per party")
     demo.add_argument("--out", type=Path, help="run directory (default runs/<timestamp>)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
+    demo.add_argument("--method", choices=("fedsa", "fedsa+"), default="fedsa",
+                      help="fedsa: the paper's (Grad-CAM selection, feature distillation; default); "
+                           "fedsa+: ours (LogME selection, output distillation)")
+    demo.add_argument("--dataset", choices=("digits", "mnist5k"), default="digits",
+                      help="digits: load_digits, 4 nodes (default); mnist5k: MNIST 5,000-image subset, 6 nodes")
     demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     demo.add_argument("--planned-rounds", type=int, metavar="N",
                       help="rounds each node calibrates its DP noise for (default: --rounds); "
@@ -73,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--host", action="append", default=[])
     sign.set_defaults(handler=_keys_sign)
 
+    from fedsa_secure.experiment.command import add_parser as add_experiment
+
+    add_experiment(commands)
+
     for role in ("aggregator", "node"):
         party = commands.add_parser(role, help=f"run one {role} from a TOML config")
         party.add_argument("--config", type=Path, required=True)
@@ -83,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 def _demo(args: argparse.Namespace) -> int:
     from fedsa_secure.demo import DemoOptions, format_table, run_demo
 
-    options = DemoOptions(out=args.out, rounds=args.rounds, planned_rounds=args.planned_rounds, seed=args.seed,
+    options = DemoOptions(out=args.out, method=args.method, dataset=args.dataset,
+                          rounds=args.rounds, planned_rounds=args.planned_rounds, seed=args.seed,
                           target_epsilon=args.epsilon, dump_dir=args.test_dump_dir)
     summary = run_demo(options)
     print()

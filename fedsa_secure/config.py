@@ -52,17 +52,23 @@ class AggregatorSection:
     stage_timeout: float = field(default=120.0, metadata=_range(1, 86_400))
 
 
+DATASETS = ("digits", "mnist5k")  # the names of fedsa_secure.data.FEDERATIONS
+METHODS = ("fedsa", "fedsa+")  # faithful FedSA; ours: LogME selection and output distillation (issue 5)
+
+
 @dataclass(frozen=True)
 class FederationSection:
     nodes: tuple[str, ...]
-    dataset: str = field(default="digits", metadata={"choices": ("digits",)})
+    method: str = field(default="fedsa", metadata={"choices": METHODS})
+    dataset: str = field(default="digits", metadata={"choices": DATASETS})
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
     rounds: int = field(default=5, metadata=_range(1, 10_000))
     cohort_size: int = field(default=3, metadata=_range(1, 10_000))
     min_cohort: int = field(default=3, metadata=_range(3, 10_000))
     select_every: int = field(default=1, metadata=_range(1, 10_000))
     adapt_every: int = field(default=1, metadata=_range(1, 10_000))
-    probe_per_class: int = field(default=5, metadata=_range(1, 100))
+    probe_per_class: int = field(default=5, metadata=_range(1, 100))  # digits only
+    probe_budget: float | None = field(default=None, metadata=_range(0.0025, 0.10))  # mnist5k only; None: 0.01
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ class NodeSection:
 
 @dataclass(frozen=True)
 class DataSection:
-    dataset: str = field(default="digits", metadata={"choices": ("digits",)})
+    dataset: str = field(default="digits", metadata={"choices": DATASETS})
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
 
 
@@ -129,6 +135,11 @@ def load_aggregator_config(path: Path) -> AggregatorConfig:
         raise ConfigError(
             f"{path}: federation.cohort_size is {fed.cohort_size}; it must lie between "
             f"federation.min_cohort ({fed.min_cohort}) and the number of nodes ({len(fed.nodes)})"
+        )
+    if fed.probe_budget is not None and fed.dataset != "mnist5k":
+        raise ConfigError(
+            f"{path}: federation.probe_budget applies to the mnist5k dataset only; "
+            f"the {fed.dataset} probe is set by federation.probe_per_class"
         )
     if not fed.min_cohort <= config.threshold <= fed.cohort_size:
         raise ConfigError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedsa_secure.crypto.pki import create_ca, issue_certificate
-from fedsa_secure.data import DEMO_NODES
+from fedsa_secure.data import federation
 from fedsa_secure.errors import FedsaError
 from fedsa_secure.privacy.report import write_report
 
@@ -28,6 +28,8 @@ HOSTS = ("localhost", "127.0.0.1")
 @dataclass(frozen=True)
 class DemoOptions:
     out: Path | None = None
+    method: str = "fedsa"  # or "fedsa+"
+    dataset: str = "digits"  # or "mnist5k" (six nodes)
     rounds: int = 5
     planned_rounds: int | None = None  # rounds each node calibrates its noise for; None: `rounds`
     seed: int = 0
@@ -71,18 +73,20 @@ def write_configs(run_dir: Path, options: DemoOptions, ca: Path, certs: dict[str
     config_dir.mkdir(parents=True, exist_ok=True)
     testing = {"dump_dir": options.dump_dir.resolve()} if options.dump_dir else {}
     cert, key = certs[AGGREGATOR]
+    names = list(federation(options.dataset).nodes)
     aggregator = write_toml(config_dir / "aggregator.toml", {
         "aggregator": {"listen": "127.0.0.1:0", "run_dir": run_dir.resolve(), "port_file": (run_dir / "aggregator.port").resolve()},
-        "federation": {"nodes": list(DEMO_NODES), "seed": options.seed, "rounds": options.rounds},
+        "federation": {"nodes": names, "method": options.method, "dataset": options.dataset,
+                       "seed": options.seed, "rounds": options.rounds},
         "tls": {"ca_cert": ca.resolve(), "cert": cert.resolve(), "key": key.resolve()},
         "testing": testing,
     })
     nodes = {}
-    for name in DEMO_NODES:
+    for name in names:
         cert, key = certs[name]
         nodes[name] = write_toml(config_dir / f"{name}.toml", {
             "node": {"name": name, "aggregator": "127.0.0.1:PORT", "run_dir": run_dir.resolve(), "server_name": AGGREGATOR},
-            "data": {"seed": options.seed},
+            "data": {"dataset": options.dataset, "seed": options.seed},
             "privacy": {"target_epsilon": options.target_epsilon, "delta": options.delta, "planned_rounds": options.planned_rounds or options.rounds},
             "tls": {"ca_cert": ca.resolve(), "cert": cert.resolve(), "key": key.resolve()},
             "testing": testing,
@@ -114,7 +118,7 @@ def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
     run_dir = options.out or default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"run directory: {run_dir}", file=echo, flush=True)
-    ca, certs = make_keys(run_dir / "keys", [AGGREGATOR, *DEMO_NODES])
+    ca, certs = make_keys(run_dir / "keys", [AGGREGATOR, *federation(options.dataset).nodes])
     aggregator_toml, node_tomls = write_configs(run_dir, options, ca, certs)
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -147,9 +151,10 @@ def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
 
 def format_table(summary: dict[str, Any]) -> str:
     rows = [
+        f"dataset {summary['dataset']}, {summary['probe_size']} probe labels, {summary['test_size']} test records",
         f"{'method':<34} {'test accuracy':>13}",
         f"{'Scratch (probe labels only)':<34} {summary['scratch_accuracy']:>13.4f}",
-        f"{'FedSA (' + summary['method'] + ', DP + SecAgg + mTLS)':<34} {summary['student_accuracy']:>13.4f}",
+        f"{summary['method'] + ' (DP + SecAgg + mTLS)':<34} {summary['student_accuracy']:>13.4f}",
         "",
         f"{'node':<10} {'epsilon':>8} {'budget':>8} {'delta':>8} {'rounds trained':>15}",
     ]

@@ -22,8 +22,22 @@ class SelectRequest:
 
 
 @dataclass(frozen=True)
+class OutputSelectRequest:
+    """Aggregator -> node (`fedsa+`): the labelled probe set, to score the teacher's outputs and map them to its labels.
+
+    The probe set is the aggregator's own data. The node returns one LogME scalar (a SelectReply)
+    and keeps the output map it fits on these labels; neither the map nor the teacher leaves it.
+    """
+
+    round: int
+    probe_images: np.ndarray  # float32 [N, C, H, W]
+    probe_labels: np.ndarray  # int64 [N], in range(num_classes)
+    num_classes: int  # the student's target labels
+
+
+@dataclass(frozen=True)
 class SelectReply:
-    """Node -> aggregator: one scalar transferability score; nothing else about the teacher leaves."""
+    """Node -> aggregator: one scalar transferability score (Grad-CAM or LogME); nothing else about the teacher leaves."""
 
     round: int
     transferability: float
@@ -31,10 +45,10 @@ class SelectReply:
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """Aggregator -> cohort node: current student backbone and the secure-aggregation round it joins."""
+    """Aggregator -> cohort node: current student parameters it trains and the secure-aggregation round it joins."""
 
     round: int
-    student_state: dict[str, np.ndarray]  # backbone parameters, float32
+    student_state: dict[str, np.ndarray]  # float32; the backbone (`fedsa`), or backbone and head (`fedsa+`)
     weight: float  # w_i, applied by the node before masking
     secagg: sa.RoundConfig
 
@@ -74,7 +88,7 @@ class Wait:
 
 
 ServerMessage = (
-    SelectRequest | TrainRequest | sa.Roster | sa.ShareDelivery | sa.ConsistencyCheckRequest | sa.UnmaskRequest
+    SelectRequest | OutputSelectRequest | TrainRequest | sa.Roster | sa.ShareDelivery | sa.ConsistencyCheckRequest | sa.UnmaskRequest
     | Shutdown | Wait
 )
 ClientMessage = (

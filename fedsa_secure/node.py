@@ -2,6 +2,10 @@
 
 The node dials the aggregator and answers what it is asked. Nothing about the teacher or
 the data leaves except one transferability scalar per selection and the masked proxy update.
+The aggregator's first selection request fixes the method for the whole run (one accountant,
+one objective): a Grad-CAM `SelectRequest` means faithful `fedsa` (FitNets features, backbone
+released); an `OutputSelectRequest` means `fedsa+` (LogME score, output distillation through a
+map fitted here on the probe labels, backbone and head released).
 """
 
 from __future__ import annotations
@@ -15,11 +19,14 @@ import torch
 
 from fedsa_secure import messages as msg
 from fedsa_secure.config import NodeConfig
-from fedsa_secure.data import node_data, task_input
+from fedsa_secure.data import LabelledSet, federation, task_input
 from fedsa_secure.errors import FedsaError, ProtocolError
-from fedsa_secure.fedsa.distill import DPDistiller, DPSettings
+from fedsa_secure.fedsa.distill import DPDistiller, DPSettings, FeatureObjective, Objective
+from fedsa_secure.fedsa.output_kd import OutputObjective, fit_output_map
 from fedsa_secure.fedsa.saliency import gradcam_maps, transferability
+from fedsa_secure.fedsa.select_plus import output_transferability
 from fedsa_secure.fedsa.teacher import load_or_train_teacher
+from fedsa_secure.models import backbone_state
 from fedsa_secure.privacy.accounting import library_versions
 from fedsa_secure.privacy.ledger import Ledger
 from fedsa_secure.secagg import messages as sa
@@ -41,22 +48,17 @@ class Node:
         self.tls.load()  # fail on a bad key file now, not after training the teacher
         run_dir = Path(config.node.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.data = node_data(self.name, config.data.seed)
+        dataset = config.data.dataset
+        self.data = federation(dataset).node(self.name, config.data.seed)
         started = time.perf_counter()
-        self.teacher = load_or_train_teacher(self.data, run_dir / "teachers" / f"{self.name}.pt", config.data.seed)
+        teacher_file = run_dir / "teachers" / f"{dataset}-{self.name}.pt"
+        self.teacher = load_or_train_teacher(self.data, teacher_file, config.data.seed)
         log.info("%s: teacher for task %s ready in %.1fs", self.name, self.data.task, time.perf_counter() - started)
-        privacy = config.privacy
-        self.distiller = DPDistiller(
-            self.teacher,
-            self.data,
-            DPSettings(
-                target_epsilon=privacy.target_epsilon,
-                delta=privacy.delta,
-                planned_rounds=privacy.planned_rounds,
-                accountant=privacy.accountant,
-            ),
-            seed=config.data.seed,
-        )
+        self.method: str | None = None  # fixed by the first selection request
+        self.distiller: DPDistiller | None = None
+        self.released: tuple[str, ...] = ()
+        self._expected_state: dict[str, tuple[int, ...]] = {}  # names and shapes of the parameters it trains
+        self._score: float | None = None  # fedsa+: LogME does not depend on the student; computed once
         self.ledger = Ledger(run_dir / "ledgers" / f"{self.name}.jsonl")
         self.dump_dir = config.testing.dump_dir
         if self.dump_dir is not None:
@@ -86,6 +88,8 @@ class Node:
                     return []
                 case msg.SelectRequest():
                     return [self._select(request), self._status()]
+                case msg.OutputSelectRequest():
+                    return [self._select_outputs(request), self._status()]
                 case msg.TrainRequest():
                     return [self._train(request)]
                 case sa.Roster():
@@ -110,14 +114,61 @@ class Node:
             raise ProtocolError("secure-aggregation message outside a round this node joined")
         return self._secagg
 
+    def _start(self, method: str, objective: Objective) -> None:
+        """Fix the method and build the run's single DP trainer (one accountant for every round)."""
+        privacy = self.config.privacy
+        settings = DPSettings(
+            target_epsilon=privacy.target_epsilon,
+            delta=privacy.delta,
+            planned_rounds=privacy.planned_rounds,
+            accountant=privacy.accountant,
+        )
+        self.distiller = DPDistiller(self.teacher, self.data, settings, seed=self.config.data.seed, objective=objective)
+        self.method, self.released = method, objective.released
+        self._expected_state = {k: v.shape for k, v in backbone_state(objective.module, objective.released).items()}
+        log.info("%s: running %s; releases %s", self.name, method, " + ".join(self.released))
+
+    def _check_method(self, method: str) -> bool:
+        """True if the method still has to be started; a switch mid-run is refused (the accountant spans the run)."""
+        if self.method is not None and self.method != method:
+            raise ProtocolError(f"{self.name} runs {self.method} for this whole run; the aggregator now asks for {method}")
+        return self.method is None
+
     def _select(self, request: msg.SelectRequest) -> msg.SelectReply:
+        if self._check_method("fedsa"):
+            self._start("fedsa", FeatureObjective(self.teacher, self.data, self.config.data.seed))
         maps = gradcam_maps(self.teacher, task_input(self.data.task, request.probe_images), size=request.student_maps.shape[-1])
         score = transferability(request.student_maps, maps)
         log.info("%s: round %d transferability %.4f", self.name, request.round, score)
         return msg.SelectReply(round=request.round, transferability=float(score))
 
+    def _select_outputs(self, request: msg.OutputSelectRequest) -> msg.SelectReply:
+        """`fedsa+`: LogME of the teacher's logits on the probe set; the output map fitted here stays here."""
+        if self._check_method("fedsa+"):
+            probe = LabelledSet(request.probe_images, request.probe_labels, request.num_classes)
+            if probe.x.shape[1:] != self.data.train.x.shape[1:]:
+                raise ProtocolError(
+                    f"probe images have shape {probe.x.shape[1:]} but this node's records {self.data.train.x.shape[1:]}: "
+                    f"is the aggregator running another dataset than {self.config.data.dataset}?"
+                )
+            self._score = output_transferability(self.teacher, self.data.task, probe)
+            output_map = fit_output_map(self.teacher, self.data.task, probe)
+            self._start("fedsa+", OutputObjective(self.teacher, self.data, output_map, self.config.data.seed))
+            log.info("%s: LogME transferability %.4f", self.name, self._score)
+        assert self._score is not None
+        return msg.SelectReply(round=request.round, transferability=self._score)
+
     def _train(self, request: msg.TrainRequest) -> msg.ClientMessage:
         self._round = request.round
+        if self.distiller is None:
+            raise ProtocolError(f"{self.name} was asked to train in round {request.round} before any selection request")
+        shapes = {k: v.shape for k, v in request.student_state.items()}
+        if shapes != self._expected_state:
+            missing, extra = sorted(set(self._expected_state) - set(shapes)), sorted(set(shapes) - set(self._expected_state))
+            raise ProtocolError(
+                f"round {request.round}: the student parameters sent do not match what {self.method} trains "
+                f"({' + '.join(self.released)}): missing {missing}, unexpected {extra}, or shapes differ"
+            )
         if not self.distiller.fits_budget():
             reason = (
                 f"{self.name} declines round {request.round}: one more round would spend epsilon "
@@ -131,6 +182,7 @@ class Node:
             {
                 "node": self.name,
                 "round": request.round,
+                "method": self.method,
                 "time": time.time(),
                 "noise_multiplier": result.noise_multiplier,
                 "sample_rate": result.sample_rate,
@@ -156,6 +208,7 @@ class Node:
         return self._secagg.advertise()
 
     def _status(self) -> msg.PrivacyStatus:
+        assert self.distiller is not None  # a status follows a selection or a round, both after _start
         return msg.PrivacyStatus(
             round=self._round,
             epsilon=float(self.distiller.epsilon),

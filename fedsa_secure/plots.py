@@ -33,6 +33,11 @@ def plot_progress(summary: dict[str, Any], path: Path) -> Path:
     epsilon_axis.legend(loc="upper left", fontsize="small")
     for axis in (accuracy_axis, epsilon_axis):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return save_figure(figure, path)
+
+
+def save_figure(figure: plt.Figure, path: Path) -> Path:
+    """Write the PNG atomically (temp file, then rename) and free the figure."""
     figure.tight_layout()
     temp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(temp, dpi=100)

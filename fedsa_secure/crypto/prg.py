@@ -58,7 +58,7 @@ class KeystreamAdder:
     each chunk is in cache, without ever allocating a full-length mask."""
 
     def __init__(self, signed_seeds: Sequence[tuple[bytes, bool]]) -> None:
-        self._streams = [(_stream(seed), subtract) for seed, subtract in signed_seeds]
+        self._streams = [(_stream(seed).update_into, np.subtract if subtract else np.add) for seed, subtract in signed_seeds]
         self._buffer = bytearray(4 * _CHUNK_WORDS + 15)  # update_into wants block_size - 1 spare bytes
         self._words = np.frombuffer(self._buffer, dtype="<u4", count=_CHUNK_WORDS)
         self._used = 0
@@ -67,19 +67,16 @@ class KeystreamAdder:
         """In place: part += the next part.size words of every stream, signed."""
         if part.dtype != np.dtype("<u4") or part.ndim != 1:
             raise ValueError("KeystreamAdder needs a 1-D little-endian uint32 array")
-        zeros = memoryview(_ZEROS)
         for start in range(0, part.size, _CHUNK_WORDS):
             piece = part[start : start + _CHUNK_WORDS]
             size = piece.size
             self._used += 4 * size
             if self._used > _MAX_STREAM_BYTES:
                 raise ValueError(f"a PRG stream holds at most {_MAX_STREAM_BYTES} bytes")
-            for stream, subtract in self._streams:
-                stream.update_into(zeros[: 4 * size], self._buffer)
-                if subtract:
-                    piece -= self._words[:size]
-                else:
-                    piece += self._words[:size]
+            zeros, words, buffer = memoryview(_ZEROS)[: 4 * size], self._words[:size], self._buffer
+            for expand, combine in self._streams:
+                expand(zeros, buffer)
+                combine(piece, words, out=piece)
 
 
 class KeystreamReader:

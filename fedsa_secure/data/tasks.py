@@ -23,6 +23,8 @@ TASK_CLASSES: dict[str, int] = {
     "unrelated-2": 10,
 }
 _SHUFFLE_SEEDS = {"unrelated": 0x5EED_F00D, "unrelated-2": 0x5EED_F00E}
+# What the aggregator's student can be asked to predict (one head each) from a probe image's digit.
+TARGET_TASKS: dict[str, int] = {"digit": NUM_DIGITS, "parity": 2, "mod-3": 3}
 
 
 @lru_cache(maxsize=8)
@@ -54,3 +56,13 @@ def task_input(task: str, images: np.ndarray) -> np.ndarray:
     flat = images.reshape(len(images), -1)
     flat = flat[:, _pixel_permutation(task, flat.shape[1])]
     return np.ascontiguousarray(flat.reshape(images.shape))
+
+
+def target_labels(task: str, digits: np.ndarray) -> np.ndarray:
+    """Labels of the aggregator's target `task` (one head of a multi-task student) from the records' digits."""
+    if task not in TARGET_TASKS:
+        raise ConfigError(f"unknown target task {task!r}; allowed target tasks: {', '.join(TARGET_TASKS)}")
+    digits = np.asarray(digits)
+    if digits.size and (digits.min() < 0 or digits.max() >= NUM_DIGITS):
+        raise ConfigError(f"target labels derive from digits 0-9, got labels in [{digits.min()}, {digits.max()}]")
+    return digits.astype(np.int64) if task == "digit" else task_labels(task, digits, [])

@@ -23,7 +23,15 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedsa_secure.data import NodeData, task_input
 from fedsa_secure.errors import BudgetExhausted, ConfigError
-from fedsa_secure.models import ConvNet, Translator, backbone_state, flatten_state, load_backbone_state, make_student
+from fedsa_secure.models import (
+    ConvNet,
+    HeadedBackbone,
+    Translator,
+    backbone_state,
+    flatten_state,
+    load_backbone_state,
+    make_student,
+)
 from fedsa_secure.privacy.accounting import calibrate_noise, epsilon_of, extend_history, fits_budget
 
 
@@ -112,19 +120,28 @@ class Objective(Protocol):
     def per_sample_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
 
+def seeded_translator(student: HeadedBackbone, teacher: ConvNet, teacher_side: tuple[int, int], seed: int) -> Translator:
+    """The node's translator from `student`'s maps to the teacher's (channels and [H, W]), initialised from `seed`."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Translator(student.feature_channels, teacher.feature_channels, teacher_side)
+
+
 class FeatureObjective:
-    """Faithful FedSA: FitNets loss ||Phi_i(F_S(x)) - F_T(x)||^2 through a node-local translator; releases the backbone."""
+    """Faithful FedSA: FitNets loss ||Phi_i(F_S(x)) - F_T(x)||^2 through a node-local translator; releases the backbone.
+
+    `arch` names the student architecture (models.STUDENT_ARCHS); the translator resizes the
+    student's maps to the teacher's grid when they differ.
+    """
 
     released = ("features",)
 
-    def __init__(self, teacher: ConvNet, node: NodeData, seed: int) -> None:
+    def __init__(self, teacher: ConvNet, node: NodeData, seed: int, *, arch: str = "cnn") -> None:
         with torch.no_grad():
             teacher.eval()
             target = teacher.features(torch.from_numpy(task_input(node.task, node.train.x)))
-        student = make_student(seed=seed)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            translator = Translator(student.feature_channels, teacher.feature_channels)
+        student = make_student(seed=seed, arch=arch)
+        translator = seeded_translator(student, teacher, tuple(target.shape[-2:]), seed)
         self.module = _Proxy(student.features, translator)
         self.tensors = (torch.from_numpy(node.train.x), target)
 

@@ -23,9 +23,9 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from fedsa_secure.data import LabelledSet, NodeData, task_input
+from fedsa_secure.fedsa.distill import seeded_translator
 from fedsa_secure.fedsa.select_plus import teacher_logits
-from fedsa_secure.models import ConvNet, Translator, make_student
-from fedsa_secure.models.cnn import spatial_pool
+from fedsa_secure.models import ConvNet, HeadedBackbone, Translator, make_student
 
 
 # Inverse L2 strength of the map. Measured on MNIST-5k at 1% (seeds 0, 1): the argmax of the mapped
@@ -68,35 +68,45 @@ class OutputKDSettings:
 class _OutputProxy(nn.Module):
     """Student backbone, target-task head and (when feature loss is on) the node-local translator."""
 
-    def __init__(self, student: ConvNet, translator: Translator | None) -> None:
+    def __init__(self, student: HeadedBackbone, translator: Translator | None) -> None:
         super().__init__()
         self.features = student.features
         self.head = student.head
         self.translator = translator
+        self._head_input = student.head_input  # parameter-free pooling of the student's architecture
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         a = self.features(x)
-        return self.head(spatial_pool(a)), (self.translator(a) if self.translator is not None else None)
+        return self.head(self._head_input(a)), (self.translator(a) if self.translator is not None else None)
 
 
 class OutputObjective:
-    """The `fedsa+` objective for DPDistiller (or the non-private trainer): output KD plus optional FitNets."""
+    """The `fedsa+` objective for DPDistiller (or the non-private trainer): output KD plus optional FitNets.
+
+    `arch` names the student architecture (models.STUDENT_ARCHS).
+    """
 
     def __init__(
-        self, teacher: ConvNet, node: NodeData, output_map: OutputMap, seed: int, settings: OutputKDSettings | None = None
+        self,
+        teacher: ConvNet,
+        node: NodeData,
+        output_map: OutputMap,
+        seed: int,
+        settings: OutputKDSettings | None = None,
+        *,
+        arch: str = "cnn",
     ) -> None:
         self.settings = settings or OutputKDSettings()
         inputs = task_input(node.task, node.train.x)
         soft = torch.from_numpy(output_map.probabilities(teacher_logits(teacher, node.task, node.train.x)).astype(np.float32))
-        student = make_student(output_map.num_classes, seed)
+        student = make_student(output_map.num_classes, seed, arch)
         translator = None
         tensors: tuple[torch.Tensor, ...] = (torch.from_numpy(node.train.x), soft)
         if self.settings.feature_weight > 0:
             with torch.no_grad():
-                tensors += (teacher.features(torch.from_numpy(inputs)),)
-            with torch.random.fork_rng():
-                torch.manual_seed(seed)
-                translator = Translator(student.feature_channels, teacher.feature_channels)
+                target = teacher.features(torch.from_numpy(inputs))
+            tensors += (target,)
+            translator = seeded_translator(student, teacher, tuple(target.shape[-2:]), seed)
         self.module = _OutputProxy(student, translator)
         self.tensors = tensors
         # The head is the target task's classifier: releasing it lets the aggregator start adaptation from it

@@ -1,9 +1,13 @@
-"""The whole algorithm in one process, with a plaintext weighted sum in place of secure aggregation.
+"""The whole algorithm in one process: selection, local training, aggregation, amalgamation, adaptation.
 
 For experiments and tuning; the federation runs the same steps across processes over gRPC.
-Methods: `fedsa` (faithful: Grad-CAM selection, FitNets features) and `fedsa+` (ours: LogME
-selection with a temperature, output + feature distillation, see fedsa.select_plus and
-fedsa.output_kd); each with DP-SGD (default) or without (`--no-dp`). Scratch is always reported.
+A method is a selection mode and a local objective (`METHODS`): `fedsa` (faithful: Grad-CAM
+selection, FitNets features), `fedsa+` (ours: LogME selection with a temperature, output + feature
+distillation, see fedsa.select_plus and fedsa.output_kd), and the baselines `fedavg+` (every node,
+every round) and `random` (a uniform random cohort), both with the `fedsa+` objective so they
+differ from it only in selection. Each trains with DP-SGD (default) or without (`--no-dp`), and
+aggregates with a plaintext weighted sum or a real in-memory secure aggregation
+(`aggregation="secure"`, see fedsa.secure_sum). Scratch is always reported.
 Run: `python -m fedsa_secure.fedsa.simulation --dataset mnist5k --methods fedsa fedsa+ --seeds 0 1 2`.
 """
 
@@ -18,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
+from fedsa_secure.config import SecAggConfig
 from fedsa_secure.data import LabelledSet, NodeData, federation, task_input
 from fedsa_secure.errors import BudgetExhausted
 from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
@@ -27,11 +33,22 @@ from fedsa_secure.fedsa.distill import DPDistiller, DPSettings, FeatureObjective
 from fedsa_secure.fedsa.nonprivate import PlainTrainer
 from fedsa_secure.fedsa.output_kd import OutputKDSettings, OutputObjective, fit_output_map
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities, transferability
+from fedsa_secure.fedsa.secure_sum import secure_sum
 from fedsa_secure.fedsa.select_plus import TEMPERATURE, concentrated_probabilities, output_transferability
 from fedsa_secure.fedsa.teacher import load_or_train_teacher
-from fedsa_secure.models import ConvNet, backbone_state, make_student
+from fedsa_secure.models import ConvNet, backbone_state, flatten_state, make_student
+from fedsa_secure.secagg.messages import QuantizationSpec
 
-METHODS = ("fedsa", "fedsa+")
+SELECTIONS = ("gradcam", "logme", "uniform", "random")  # uniform: every node every round (FedAvg+)
+OBJECTIVES = ("features", "outputs")
+AGGREGATIONS = ("plain", "secure")
+METHODS: dict[str, tuple[str, str]] = {  # method -> (selection, objective)
+    "fedsa": ("gradcam", "features"),
+    "fedsa+": ("logme", "outputs"),
+    "fedavg+": ("uniform", "outputs"),
+    "random": ("random", "outputs"),
+}
+FLOAT_BYTES = 4  # a plaintext update or student state travels as float32
 
 
 @dataclass(frozen=True)
@@ -51,10 +68,30 @@ class _Node:
     objective: Objective
 
 
-def _objective(method: str, teacher: ConvNet, data: NodeData, probe: LabelledSet, seed: int, plus: PlusSettings) -> Objective:
-    if method == "fedsa":
+def teacher_path(cache_dir: Path, dataset: str, name: str, seed: int) -> Path:
+    """Where a node's teacher for (dataset, seed) is cached; every method of a seed shares it."""
+    return Path(cache_dir) / f"{dataset}-{name}-seed{seed}.pt"
+
+
+def federation_teachers(dataset: str, seed: int, cache_dir: Path) -> dict[str, tuple[NodeData, ConvNet]]:
+    """Every node's private data and (cached) teacher for one seed; node seeds derive from `seed`."""
+    fed = federation(dataset)
+    out = {}
+    for i, name in enumerate(fed.nodes):
+        data = fed.node(name, seed)
+        out[name] = (data, load_or_train_teacher(data, teacher_path(cache_dir, dataset, name, seed), seed=seed * 10 + i))
+    return out
+
+
+def _objective(kind: str, teacher: ConvNet, data: NodeData, probe: LabelledSet, seed: int, plus: PlusSettings) -> Objective:
+    if kind == "features":
         return FeatureObjective(teacher, data, seed)
     return OutputObjective(teacher, data, fit_output_map(teacher, data.task, probe), seed, plus.kd)
+
+
+def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
 
 
 def simulate(
@@ -70,75 +107,117 @@ def simulate(
     plus: PlusSettings | None = None,
     teacher_cache: Path | None = None,
     recipe: AdaptRecipe | None = None,
+    selection: str | None = None,
+    aggregation: str = "plain",
+    secagg: SecAggConfig | None = None,
+    baseline: nn.Module | None = None,
+    eval_every: int = 1,
 ) -> dict:
     """Run `rounds` rounds of `method` and the Scratch baseline on one seed's split; node seeds derive from `seed`.
 
     `dp=None` means the default DPSettings with `planned_rounds=rounds`; `private=False` trains the
-    same objective without DP (PlainTrainer) and reports no epsilon.
+    same objective without DP (PlainTrainer) and reports no epsilon. `selection` overrides the
+    method's selection mode; `aggregation="secure"` sums the weighted updates through SecAgg with
+    `secagg`'s clip and level bits (default SecAggConfig, as the deployed aggregator).
+    `baseline` is this seed's Scratch model if already trained (it is the same for every method).
+    The student is adapted and evaluated every `eval_every` rounds and after the last (accuracy
+    None in between), except under Grad-CAM selection, which needs the adapted student every round.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_choice("method", method, tuple(METHODS))
+    selection = selection or METHODS[method][0]
+    _check_choice("selection", selection, SELECTIONS)
+    _check_choice("aggregation", aggregation, AGGREGATIONS)
     dp = dp or DPSettings(planned_rounds=rounds)
     plus = plus or PlusSettings()
     recipe = recipe or AdaptRecipe()
+    secagg = secagg or SecAggConfig()
+    spec = QuantizationSpec(secagg.clip, secagg.level_bits)
     fed = federation(dataset)
     probe, test = fed.aggregator(seed, probe_budget)
     names = list(fed.nodes)
+    if selection != "uniform" and not 0 < cohort_size <= len(names):
+        raise ValueError(f"cohort size must be between 1 and {len(names)}, got {cohort_size}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be a positive number of rounds, got {eval_every}")
     nodes: dict[str, _Node] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        cache_dir = Path(teacher_cache or tmp)
-        for i, name in enumerate(names):
-            data = fed.node(name, seed)
-            teacher = load_or_train_teacher(data, cache_dir / f"{dataset}-{name}-seed{seed}.pt", seed=seed * 10 + i)
-            objective = _objective(method, teacher, data, probe, seed, plus)
-            trainer: DPDistiller | PlainTrainer
-            if private:
-                trainer = DPDistiller(teacher, data, dp, seed=seed, mechanism_seed=seed * 1000 + i, objective=objective)
-            else:
-                trainer = PlainTrainer(objective, dp, seed=seed * 1000 + i)
-            nodes[name] = _Node(data, teacher, trainer, objective)
+        teachers = federation_teachers(dataset, seed, Path(teacher_cache or tmp))
+    for i, name in enumerate(names):
+        data, teacher = teachers[name]
+        objective = _objective(METHODS[method][1], teacher, data, probe, seed, plus)
+        trainer: DPDistiller | PlainTrainer
+        if private:
+            trainer = DPDistiller(teacher, data, dp, seed=seed, mechanism_seed=seed * 1000 + i, objective=objective)
+        else:
+            trainer = PlainTrainer(objective, dp, seed=seed * 1000 + i)
+        nodes[name] = _Node(data, teacher, trainer, objective)
     released = nodes[names[0]].objective.released
     adapt_recipe = replace(recipe, fresh_head="head" not in released)
 
     rng = np.random.default_rng(seed)
     student = make_student(probe.num_classes, seed)
     t0 = time.perf_counter()
-    baseline = scratch(probe, seed, recipe)
+    baseline = baseline or scratch(probe, seed, recipe)
     scratch_accuracy = evaluate(baseline, test)
     adapted = baseline  # adapting the untrained student is exactly Scratch: same seed, same recipe
     history = [{"round": 0, "accuracy": scratch_accuracy, "adapt_seconds": time.perf_counter() - t0}]
-    if method == "fedsa+":  # node side: one LogME scalar per node, independent of the student
-        scores = {n: output_transferability(nodes[n].teacher, nodes[n].data.task, probe) for n in names}
+    node_seconds = dict.fromkeys(names, 0.0)
+    probs = np.full(len(names), 1.0 / len(names))
+    scores: dict[str, float] | None = None
+    if selection == "logme":  # node side: one LogME scalar per node, independent of the student
+        scores = {}
+        for n in names:
+            t0 = time.perf_counter()
+            scores[n] = output_transferability(nodes[n].teacher, nodes[n].data.task, probe)
+            node_seconds[n] += time.perf_counter() - t0
         probs = concentrated_probabilities([scores[n] for n in names], plus.temperature, plus.top_k)
 
     for r in range(1, rounds + 1):
-        if method == "fedsa":
+        if selection == "gradcam":
             student_maps = gradcam_maps(adapted, probe.x)
-            scores = {
-                n: transferability(student_maps, gradcam_maps(nodes[n].teacher, task_input(nodes[n].data.task, probe.x)))
-                for n in names
-            }
+            scores = {}
+            for n in names:
+                t0 = time.perf_counter()
+                teacher_maps = gradcam_maps(nodes[n].teacher, task_input(nodes[n].data.task, probe.x))
+                scores[n] = transferability(student_maps, teacher_maps)
+                node_seconds[n] += time.perf_counter() - t0
             probs = selection_probabilities([scores[n] for n in names])
-        cohort = draw_cohort(names, probs, cohort_size, rng)
+        cohort = list(names) if selection == "uniform" else draw_cohort(names, probs, cohort_size, rng)
 
         state = backbone_state(student, released)
-        updates, train_seconds, declined = [], {}, []
+        state_bytes = FLOAT_BYTES * flatten_state(state).size
+        updates, train_seconds, declined = {}, {}, []
         for name in cohort:
             t0 = time.perf_counter()
             trainer = nodes[name].trainer
             try:
-                updates.append(trainer.train_round(state).update if private else trainer.train_round(state))
+                updates[name] = trainer.train_round(state).update if private else trainer.train_round(state)
             except BudgetExhausted:
                 declined.append(name)
             train_seconds[name] = time.perf_counter() - t0
+            node_seconds[name] += train_seconds[name]
+        traffic = {"bytes_down": state_bytes * len(cohort), "bytes_up": 0, "protocol_bytes_up": 0}
         max_weighted = 0.0
         if updates:
-            weighted = [u / len(updates) for u in updates]  # uniform weights over the nodes that trained
-            max_weighted = float(max(np.abs(w).max() for w in weighted))
-            apply_update(student, np.sum(weighted, axis=0), released)
+            weighted = {n: u.astype(np.float64) / len(updates) for n, u in updates.items()}  # uniform over trainers
+            max_weighted = float(max(np.abs(w).max() for w in weighted.values()))
+            if aggregation == "secure":
+                summed = secure_sum(weighted, r, spec)
+                total = summed.total
+                traffic["bytes_up"] = summed.upload_bytes
+                traffic["protocol_bytes_up"] = summed.protocol_up_bytes
+                traffic["bytes_down"] += summed.protocol_down_bytes
+                for n, seconds in summed.node_seconds.items():
+                    node_seconds[n] += seconds
+            else:
+                total = np.sum(list(weighted.values()), axis=0)
+                traffic["bytes_up"] = sum(FLOAT_BYTES * u.size for u in updates.values())
+            apply_update(student, total, released)
 
         t0 = time.perf_counter()
-        adapted = adapt(student, probe, seed, adapt_recipe)
+        evaluated = r % eval_every == 0 or r == rounds or selection == "gradcam"
+        if evaluated:
+            adapted = adapt(student, probe, seed, adapt_recipe)
         adapt_seconds = time.perf_counter() - t0
         history.append(
             {
@@ -147,26 +226,35 @@ def simulate(
                 "probabilities": dict(zip(names, probs.tolist())),
                 "cohort": cohort,
                 "declined": declined,
-                "accuracy": evaluate(adapted, test),
+                "accuracy": evaluate(adapted, test) if evaluated else None,
                 "epsilon": {n: nodes[n].trainer.epsilon for n in names} if private else None,
                 "train_seconds": train_seconds,
                 "max_abs_weighted_update": max_weighted,
                 "adapt_seconds": adapt_seconds,
+                **traffic,
             }
         )
     return {
         "method": method,
+        "selection": selection,
+        "aggregation": aggregation,
         "dataset": dataset,
         "probe_budget": probe_budget,
         "private": private,
         "seed": seed,
         "dp": vars(dp),
+        "secagg": {"clip": spec.clip, "level_bits": spec.level_bits} if aggregation == "secure" else None,
+        "vector_length": int(flatten_state(backbone_state(student, released)).size),
         "rounds": history,
         "final_accuracy": history[-1]["accuracy"],
         "scratch_accuracy": scratch_accuracy,
         "epsilon": {n: nodes[n].trainer.epsilon for n in names} if private else None,
         "selection_counts": {n: sum(n in h["cohort"] for h in history[1:]) for n in names},
         "max_abs_weighted_update": max((h["max_abs_weighted_update"] for h in history[1:]), default=0.0),
+        "bytes_up": sum(h["bytes_up"] for h in history[1:]),
+        "bytes_down": sum(h["bytes_down"] for h in history[1:]),
+        "protocol_bytes_up": sum(h["protocol_bytes_up"] for h in history[1:]),
+        "node_seconds": node_seconds,
     }
 
 
@@ -192,7 +280,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="digits", choices=["digits", "mnist5k"])
     parser.add_argument("--budget", type=float, help="probe budget (mnist5k: 0.01, 0.05, 0.10; default 0.01)")
-    parser.add_argument("--methods", nargs="+", default=["fedsa"], help="of fedsa, fedsa+, fedsa+nodp, fedsanodp")
+    parser.add_argument("--methods", nargs="+", default=["fedsa"],
+                        help=f"of {', '.join(METHODS)}, each optionally suffixed 'nodp' (e.g. fedsa+nodp)")
+    parser.add_argument("--secure", action="store_true", help="aggregate through in-memory secure aggregation")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cohort", type=int, default=3)
@@ -220,7 +310,7 @@ def main() -> None:
             res = simulate(
                 s, args.rounds, args.cohort, dp, method=arm.removesuffix("nodp"), dataset=args.dataset,
                 probe_budget=args.budget, private=not arm.endswith("nodp"), plus=plus,
-                teacher_cache=args.teacher_cache, recipe=recipe,
+                teacher_cache=args.teacher_cache, recipe=recipe, aggregation="secure" if args.secure else "plain",
             )
             res["arm"] = arm
             results.append(res)

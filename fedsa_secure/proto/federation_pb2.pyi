@@ -34,6 +34,18 @@ class SelectRequest(_message.Message):
     student_maps: Tensor
     def __init__(self, round: _Optional[int] = ..., probe_images: _Optional[_Union[Tensor, _Mapping]] = ..., student_maps: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
+class OutputSelectRequest(_message.Message):
+    __slots__ = ("round", "probe_images", "probe_labels", "num_classes")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PROBE_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    PROBE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    probe_images: Tensor
+    probe_labels: Tensor
+    num_classes: int
+    def __init__(self, round: _Optional[int] = ..., probe_images: _Optional[_Union[Tensor, _Mapping]] = ..., probe_labels: _Optional[_Union[Tensor, _Mapping]] = ..., num_classes: _Optional[int] = ...) -> None: ...
+
 class SelectReply(_message.Message):
     __slots__ = ("round", "transferability")
     ROUND_FIELD_NUMBER: _ClassVar[int]
@@ -223,7 +235,7 @@ class UnmaskResponse(_message.Message):
     def __init__(self, sender: _Optional[str] = ..., self_mask_shares: _Optional[_Iterable[_Union[OwnedShare, _Mapping]]] = ..., mask_key_shares: _Optional[_Iterable[_Union[OwnedShare, _Mapping]]] = ...) -> None: ...
 
 class ServerEnvelope(_message.Message):
-    __slots__ = ("select_request", "train_request", "roster", "share_delivery", "unmask_request", "shutdown", "wait", "consistency_check_request")
+    __slots__ = ("select_request", "train_request", "roster", "share_delivery", "unmask_request", "shutdown", "wait", "consistency_check_request", "output_select_request")
     SELECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     TRAIN_REQUEST_FIELD_NUMBER: _ClassVar[int]
     ROSTER_FIELD_NUMBER: _ClassVar[int]
@@ -232,6 +244,7 @@ class ServerEnvelope(_message.Message):
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
     WAIT_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_CHECK_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SELECT_REQUEST_FIELD_NUMBER: _ClassVar[int]
     select_request: SelectRequest
     train_request: TrainRequest
     roster: Roster
@@ -240,7 +253,8 @@ class ServerEnvelope(_message.Message):
     shutdown: Shutdown
     wait: Wait
     consistency_check_request: ConsistencyCheckRequest
-    def __init__(self, select_request: _Optional[_Union[SelectRequest, _Mapping]] = ..., train_request: _Optional[_Union[TrainRequest, _Mapping]] = ..., roster: _Optional[_Union[Roster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., consistency_check_request: _Optional[_Union[ConsistencyCheckRequest, _Mapping]] = ...) -> None: ...
+    output_select_request: OutputSelectRequest
+    def __init__(self, select_request: _Optional[_Union[SelectRequest, _Mapping]] = ..., train_request: _Optional[_Union[TrainRequest, _Mapping]] = ..., roster: _Optional[_Union[Roster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., consistency_check_request: _Optional[_Union[ConsistencyCheckRequest, _Mapping]] = ..., output_select_request: _Optional[_Union[OutputSelectRequest, _Mapping]] = ...) -> None: ...
 
 class ClientEnvelope(_message.Message):
     __slots__ = ("select_reply", "decline", "privacy_status", "advertise_keys", "share_keys", "masked_input", "unmask_response", "consistency_check_response", "round")

@@ -37,7 +37,7 @@ from fedsa_secure.secagg.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from fedsa_secure.secagg.sealing import open_shares, seal_shares
+from fedsa_secure.secagg.sealing import open_with_key, seal_with_key, sealing_keys
 from fedsa_secure.secagg.session import session_id, validate_config, x_coordinate
 from fedsa_secure.secagg.stages import Stage, StageGuard
 from fedsa_secure.secagg.validation import check_advertisement, check_name_list
@@ -73,6 +73,7 @@ class SecAggClient:
         self._session = b""
         self._neighbours: frozenset[str] = frozenset()  # graph neighbours that advertised keys
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (b-share, s_sk-share) held by us
+        self._sealing: dict[str, bytes] = {}  # neighbour -> AEAD key for share bundles, both directions
         self._u2: frozenset[str] = frozenset()
         self._u3: tuple[str, ...] | None = None  # the survivor set this node signed
 
@@ -126,20 +127,15 @@ class SecAggClient:
             xs = [x_coordinate(self.config, member) for member in members]
             b_shares = shamir.split(self._self_seed, self.config.threshold, xs, self._random)
             s_shares = shamir.split(self._mask_private, self.config.threshold, xs, self._random)
+            publics = {peer: self._roster[peer].channel_public_key for peer in self._neighbours}
+            self._sealing = sealing_keys(self._channel_private, publics, self._session, self.name)
             sealed = []
             for member, b_share, s_share in zip(members, b_shares, s_shares):
                 if member == self.name:
                     self._held[member] = (b_share, s_share)
                     continue
-                ciphertext = seal_shares(
-                    self._channel_private,
-                    self._roster[member].channel_public_key,
-                    self._session,
-                    self.name,
-                    member,
-                    (b_share, s_share),
-                    self._random,
-                )
+                key = self._sealing[member]
+                ciphertext = seal_with_key(key, self._session, self.name, member, (b_share, s_share), self._random)
                 sealed.append(EncryptedShare(self.name, member, ciphertext))
         return ShareKeys(self.name, tuple(sealed))
 
@@ -239,17 +235,12 @@ class SecAggClient:
                 raise ProtocolError(f"received a share bundle from {share.sender!r}, who is not a neighbour in the roster")
             if share.sender in self._held:
                 raise ProtocolError(f"received two share bundles from {share.sender!r}")
-            self._held[share.sender] = open_shares(
-                self._channel_private,
-                self._roster[share.sender].channel_public_key,
-                self._session,
-                share.sender,
-                self.name,
-                share.ciphertext,
-            )
+            key = self._sealing[share.sender]
+            self._held[share.sender] = open_with_key(key, self._session, share.sender, self.name, share.ciphertext)
         self._u2 = frozenset(self._held)
 
     def _forget_secrets(self) -> None:
         """Drop references to key material once the round no longer needs it."""
         self._channel_private = self._mask_private = self._self_seed = b""
         self._held = {}
+        self._sealing = {}

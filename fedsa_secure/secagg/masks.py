@@ -60,7 +60,7 @@ def mask_and_pack(
     stochastic-rounding words.
     """
     bits, size = config.modulus_bits, values.size
-    packer = Packer(size, bits)
+    packer = Packer(size, bits, BLOCK)
     quantizer = Quantizer(config.quantization, rounding)
     adder = KeystreamAdder(seeds)
     block = np.empty(BLOCK, dtype=RING_DTYPE)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -113,3 +114,16 @@ class UnmaskResponse:
     sender: str
     self_mask_shares: tuple[tuple[str, bytes], ...]  # (owner, share)
     mask_key_shares: tuple[tuple[str, bytes], ...]  # (owner, share)
+
+
+def payload_bytes(message: Any) -> int:
+    """Payload bytes of a protocol message: its bytes and strings, 8 per number (the part that grows with n and m)."""
+    if isinstance(message, bytes):
+        return len(message)
+    if isinstance(message, str):
+        return len(message.encode("utf-8"))
+    if isinstance(message, (tuple, list)):
+        return sum(payload_bytes(item) for item in message)
+    if is_dataclass(message):
+        return sum(payload_bytes(getattr(message, f.name)) for f in fields(message))
+    return 8

@@ -6,6 +6,7 @@ exactly ceil(count*bits/8) and unused trailing bits are zero, so one vector has 
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -66,45 +67,61 @@ def record_plan(bits: int, count: int) -> list[list[Term]]:
 
 
 class Packer:
-    """Packs one vector of `count` values, appended block by block, into one preallocated buffer.
+    """Packs one vector of `count` values, appended block by block, straight into the upload.
 
     Lets masking pack each block while it is still in cache, with a handful of whole-array
     operations per block: adjacent values are first merged in pairs (v0 | v1 << b, one 64-bit
     lane each); each record of g values (g/2 pairs) is then built in W uint64 words by
-    shift-ors and written with W strided, unaligned 8-byte stores straight into the output,
+    shift-ors and written with W strided, unaligned 8-byte stores into a block-sized scratch,
     last word first: a record's last word may overhang into the next record's first word,
-    which is stored after it and overwrites the overhang. `append` trusts its caller: values
-    must already lie in [0, 2**bits).
+    which is stored after it and overwrites the overhang. The scratch (in cache, reused) is
+    then appended to a BytesIO sized up front, whose getvalue() hands over its buffer without
+    a copy: the upload is written to fresh memory once (its page faults cost about as much as
+    the packing), with no full-size intermediate. `append` trusts its caller: values must
+    already lie in [0, 2**bits).
     """
 
     def __init__(self, count: int, bits: int, block: int = _BLOCK) -> None:
         check_bits(bits)
         self._count, self._bits, self._done = count, bits, 0
+        self._sink = io.BytesIO()
+        size = packed_size(count, bits)
+        if size:  # allocate the whole upload once (writing past the end zero-fills the gap)
+            self._sink.seek(size - 1)
+            self._sink.write(b"\0")
+            self._sink.seek(0)
         if bits in _WHOLE_BYTES:
-            self._out = np.empty(count, dtype=f"<u{bits // 8}")
+            self._whole = np.empty(block, dtype=f"<u{bits // 8}")
             return
         self._group = record_values(bits)
         self._record = self._group * bits // 8
-        records = -(-count // self._group)
-        # One spare record: the last record's last word store overhangs the end by under 8 bytes.
-        self._buffer = np.zeros((records + 1) * self._record, dtype=np.uint8)
-        self._plan = record_plan(2 * bits, self._group // 2)
-        self._stores = [self._word_view(w, records) for w in range(len(self._plan))]
         block_records = -(-block // self._group)
+        # One spare record: the last record's last word store overhangs its end by under 8 bytes.
+        self._scratch_bytes = np.zeros((block_records + 1) * self._record, dtype=np.uint8)
+        self._plan = record_plan(2 * bits, self._group // 2)
+        self._stores = [self._word_view(w, block_records) for w in range(len(self._plan))]
         self._pairs = np.empty(block_records * self._group // 2, dtype="<u8")
         self._word = np.empty(block_records, dtype="<u8")
         self._scratch = np.empty(block_records, dtype="<u8")
 
     def _word_view(self, word: int, records: int) -> np.ndarray:
         """Word `word` of every record: an unaligned uint64 view with the record size as stride."""
-        return np.ndarray((records,), dtype="<u8", buffer=self._buffer, offset=8 * word, strides=(self._record,))
+        return np.ndarray(
+            (records,), dtype="<u8", buffer=self._scratch_bytes, offset=8 * word, strides=(self._record,)
+        )
 
     def append(self, values: np.ndarray) -> None:
         """Pack the next values.size uint32 values; every block but the last must fill whole records."""
         if self._done + values.size > self._count:
             raise ValueError(f"Packer holds {self._count} values; {self._done + values.size} appended")
-        if self._bits in _WHOLE_BYTES:
-            self._out[self._done : self._done + values.size] = values
+        if self._bits == 32:
+            self._sink.write(np.ascontiguousarray(values, dtype="<u4"))
+        elif self._bits in _WHOLE_BYTES:
+            if values.size > self._whole.size:
+                raise ValueError(f"Packer.append takes at most {self._whole.size} values at a time")
+            out = self._whole[: values.size]
+            np.copyto(out, values, casting="unsafe")
+            self._sink.write(out)
         else:
             self._append_records(np.ascontiguousarray(values, dtype=RING_DTYPE))
         self._done += values.size
@@ -113,16 +130,18 @@ class Packer:
         group = self._group
         if self._done % group:
             raise ValueError(f"Packer.append: only the last block may end inside a {group}-value record")
-        records = -(-values.size // group)
+        count = values.size
+        records = -(-count // group)
         if records > self._word.size:
             raise ValueError(f"Packer.append takes at most {self._word.size * group} values at a time")
-        if values.size % group:  # the last, partial record: zero padding
-            values = np.concatenate([values, np.zeros(records * group - values.size, dtype=RING_DTYPE)])
+        if count % group:  # the last, partial record: zero padding
+            values = np.concatenate([values, np.zeros(records * group - count, dtype=RING_DTYPE)])
         columns = self._merge_pairs(values).reshape(records, group // 2)
-        first = self._done // group
         out, tmp = self._word[:records], self._scratch[:records]
         for store, terms in zip(reversed(self._stores), reversed(self._plan)):
-            store[first : first + records] = self._build_word(columns, terms, out, tmp)
+            store[:records] = self._build_word(columns, terms, out, tmp)
+        size = packed_size(self._done + count, self._bits) - self._done // group * self._record
+        self._sink.write(memoryview(self._scratch_bytes)[:size])
 
     @staticmethod
     def _build_word(columns: np.ndarray, terms: list[Term], out: np.ndarray, tmp: np.ndarray) -> np.ndarray:
@@ -146,9 +165,7 @@ class Packer:
         """The packed vector: packed_size(count, bits) bytes."""
         if self._done != self._count:
             raise ValueError(f"Packer got {self._done} of {self._count} values")
-        if self._bits in _WHOLE_BYTES:
-            return self._out.tobytes()
-        return self._buffer[: packed_size(self._count, self._bits)].tobytes()
+        return self._sink.getvalue()
 
 
 def _shifted(column: np.ndarray, shift: int, right: bool, out: np.ndarray) -> np.ndarray:

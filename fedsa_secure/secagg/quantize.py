@@ -13,7 +13,7 @@ import numpy as np
 from fedsa_secure.crypto import KeystreamReader
 from fedsa_secure.errors import ProtocolError
 from fedsa_secure.secagg.messages import QuantizationSpec, RoundConfig
-from fedsa_secure.secagg.ring import MAX_MODULUS_BITS, RING_DTYPE, check_bits
+from fedsa_secure.secagg.ring import MAX_MODULUS_BITS, check_bits
 
 
 def quantization_step(spec: QuantizationSpec) -> float:
@@ -65,37 +65,54 @@ class Quantizer:
     float passes: no float64 -> uint64 conversion, no comparison, no boolean temporaries.
     The words come from `rounding`, normally `Randomness.word_reader()` (a fresh random AES
     key): a predictable source would leak the input through the rounding.
+
+    Clipping is checked after the fact, on the integer results, in one cheap pass: an input
+    inside [-clip, clip] gives a result in [0, L]; one slightly outside can also give 0 or L,
+    which is exactly what clipping it first would give; anything else (a result outside
+    [0, L], or a cast that overflows or meets NaN) sends the block down the slow path, which
+    checks the input and clips before rounding with the same words.
     """
 
     def __init__(self, spec: QuantizationSpec, rounding: KeystreamReader) -> None:
-        levels = float(1 << spec.level_bits)
-        self._scale = levels / (2.0 * spec.clip) * _UNIT
+        levels = 1 << spec.level_bits
+        self._levels = levels
+        self._scale = float(levels) / (2.0 * spec.clip) * _UNIT
         self._half = levels / 2.0 * _UNIT  # |x * scale| bound; also the offset onto [0, levels]
         # The offset, plus 2**32 - 1 of the rounding rule, minus the 2**31 that read_centred takes off u.
         self._bias = self._half + (_UNIT - 1.0) - 2.0**31
         self._rounding = rounding
         self._scaled = np.empty(BLOCK)
+        self._words = np.empty(BLOCK)
         # Results lie in [0, levels]: the fast signed conversion fits unless levels is 2**31.
         self._integer = np.dtype("<i4") if spec.level_bits < 31 else np.dtype("<u4")
 
     def block(self, part: np.ndarray, out: np.ndarray) -> None:
         """Quantize float64 `part` (at most BLOCK values) into uint32 `out` of the same size."""
         n = part.size
-        scaled = self._scaled[:n]
+        scaled, words = self._scaled[:n], self._words[:n]
+        np.copyto(words, self._rounding.read_centred(n))  # u - 2**31, as float64
+        np.multiply(part, self._scale, out=scaled)
+        try:
+            self._round(scaled, words, out)
+        except FloatingPointError:  # the cast overflowed or met NaN
+            pass
+        else:
+            if out.max(initial=0) <= self._levels:
+                return
         np.multiply(part, self._scale, out=scaled)
         self._clip(part, scaled)
-        np.subtract(scaled, self._rounding.read_centred(n), out=scaled)  # S - (u - 2**31)
+        self._round(scaled, words, out)
+
+    def _round(self, scaled: np.ndarray, words: np.ndarray, out: np.ndarray) -> None:
+        """out = floor((scaled - words + bias) / 2**32); FloatingPointError if a value does not fit."""
+        np.subtract(scaled, words, out=scaled)
         scaled += self._bias
         scaled *= 1.0 / _UNIT
-        np.copyto(out.view(self._integer), scaled, casting="unsafe")  # truncation = floor here
+        with np.errstate(invalid="raise"):
+            np.copyto(out.view(self._integer), scaled, casting="unsafe")  # truncation = floor here
 
     def _clip(self, part: np.ndarray, scaled: np.ndarray) -> None:
-        """Clip scaled values to [-half, half]; two reductions usually show there is nothing to do.
-
-        NaN fails both comparisons, so non-finite input is always caught on the slow path.
-        """
-        if scaled.min(initial=0.0) >= -self._half and scaled.max(initial=0.0) <= self._half:
-            return
+        """Clip scaled values to [-half, half]; ProtocolError on NaN or infinite input."""
         if not np.isfinite(part).all():
             raise ProtocolError("the vector to aggregate contains NaN or infinite values")
         np.clip(scaled, -self._half, self._half, out=scaled)

@@ -128,6 +128,32 @@ def _get_select_request(p: pb.SelectRequest) -> m.SelectRequest:
     )
 
 
+def _put_output_select_request(out: pb.OutputSelectRequest, msg: m.OutputSelectRequest) -> None:
+    out.round = msg.round
+    tensor_to_proto(msg.probe_images, out.probe_images)
+    tensor_to_proto(msg.probe_labels, out.probe_labels)
+    out.num_classes = msg.num_classes
+
+
+def _get_output_select_request(p: pb.OutputSelectRequest) -> m.OutputSelectRequest:
+    where = "OutputSelectRequest"
+    images = tensor_from_proto(_required(p, "probe_images"), f"{where}.probe_images")
+    labels = tensor_from_proto(_required(p, "probe_labels"), f"{where}.probe_labels")
+    if images.ndim != 4 or images.dtype.kind != "f" or len(images) == 0:
+        raise ProtocolError(f"{where}.probe_images must be a non-empty float array [N, C, H, W], got {images.dtype} {images.shape}")
+    if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
+        raise ProtocolError(
+            f"{where}.probe_labels must be {len(images)} integer labels (one per image), got {labels.dtype} {labels.shape}"
+        )
+    if p.num_classes < 2 or labels.min() < 0 or labels.max() >= p.num_classes:
+        raise ProtocolError(
+            f"{where}: labels must lie in range(num_classes) with num_classes >= 2; "
+            f"got num_classes {p.num_classes} and labels {labels.min()} to {labels.max()}"
+        )
+    return m.OutputSelectRequest(round=p.round, probe_images=images.astype(np.float32, copy=False),
+                                 probe_labels=labels.astype(np.int64, copy=False), num_classes=p.num_classes)
+
+
 def _put_select_reply(out: pb.SelectReply, msg: m.SelectReply) -> None:
     out.round = msg.round
     out.transferability = float(msg.transferability)
@@ -354,6 +380,7 @@ def _get_unmask_response(p: pb.UnmaskResponse) -> sa.UnmaskResponse:
 # Envelope oneof field, (encoder, decoder) per message type; the field names are those in federation.proto.
 _SERVER_TABLE: dict[type, tuple[str, Callable[[Any, Any], None], Callable[[Any], Any]]] = {
     m.SelectRequest: ("select_request", _put_select_request, _get_select_request),
+    m.OutputSelectRequest: ("output_select_request", _put_output_select_request, _get_output_select_request),
     m.TrainRequest: ("train_request", _put_train_request, _get_train_request),
     sa.Roster: ("roster", _put_roster, _get_roster),
     sa.ShareDelivery: ("share_delivery", _put_share_delivery, _get_share_delivery),

@@ -1,20 +1,27 @@
-"""Budgets enforced across a real federation, and the audit of its ledgers.
+"""Budgets enforced across a real `fedsa+` federation, and the audit of its ledgers.
 
 Nodes calibrate their noise for 2 rounds but the aggregator asks for 6: once a node's budget
 is spent it is no longer drawn, and when fewer nodes than a cohort have budget left the run
 ends cleanly. Then `fedsa-secure audit` verifies what the nodes wrote, and catches tampering.
+The same run checks `fedsa+` across processes (test_federation.py runs the faithful `fedsa`):
+LogME selection on the nodes leaves the unrelated teachers almost no probability, and the
+update that goes through secure aggregation is the backbone plus the target-task head.
+The default run uses digits (4 nodes, as long as the `fedsa` run this file had before);
+`-m slow` repeats every test on MNIST-5k (6 nodes, about a minute longer).
 """
-
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
+import numpy as np
 import pytest
+from test_federation import check_secure_student_equals_plaintext_student, updates_by_round
 
+from fedsa_secure.data import federation
+from fedsa_secure.models import backbone_state, flatten_state, make_student
 from fedsa_secure.privacy.ledger import read_entries
 
 PLANNED, ASKED = 2, 6
@@ -24,10 +31,12 @@ def fedsa(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedsa_secure.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("budget") / "run"
-    result = fedsa("demo", "--json", "--rounds", str(ASKED), "--planned-rounds", str(PLANNED), "--out", str(run_dir))
+@pytest.fixture(scope="module", params=["digits", pytest.param("mnist5k", marks=pytest.mark.slow)])
+def run(tmp_path_factory, request):
+    root = tmp_path_factory.mktemp("budget")
+    run_dir = root / "run"
+    result = fedsa("demo", "--json", "--method", "fedsa+", "--dataset", request.param, "--rounds", str(ASKED),
+                   "--planned-rounds", str(PLANNED), "--out", str(run_dir), "--test-dump-dir", str(root / "dump"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), run_dir, result.stdout
 
@@ -36,18 +45,53 @@ def test_the_run_stops_cleanly_when_budgets_are_spent(run):
     summary, run_dir, stdout = run
     assert summary["rounds"] < ASKED
     assert "privacy budget left" in summary["stopped"] and summary["stopped"] in stdout
-    # 4 nodes x 2 rounds of budget: the run stops once fewer than 3 can train again.
+    # 2 rounds of budget per node: the run stops once fewer than 3 can train again.
     assert sum(n["rounds_trained"] for n in summary["nodes"]) == 3 * summary["rounds"]
     assert sum(not n["budget_left_for_a_round"] for n in summary["nodes"]) >= 2
     for node in summary["nodes"]:
         assert node["rounds_trained"] <= PLANNED
         assert node["epsilon"] <= node["target_epsilon"] == 8.0
-        entries = read_entries(run_dir / "ledgers" / f"{node['name']}.jsonl")
+        ledger = run_dir / "ledgers" / f"{node['name']}.jsonl"
+        entries = read_entries(ledger) if node["rounds_trained"] else []  # a node never drawn has no ledger yet
+        assert ledger.exists() == bool(node["rounds_trained"])
         assert len(entries) == node["rounds_trained"] == node["ledger_entries"]
-        assert all(e["epsilon"] <= 8.0 for e in entries)
+        assert all(e["epsilon"] <= 8.0 and e["method"] == "fedsa+" for e in entries)
         if entries:
             assert node["ledger_head"] == entries[-1]["hash"]
     assert (run_dir / "student.pt").exists()
+
+
+def test_fedsa_plus_sends_backbone_and_head_through_secure_aggregation(run):
+    summary, run_dir, _ = run
+    assert summary["method"] == "fedsa+" and summary["dataset"] in ("digits", "mnist5k")
+    assert json.loads((run_dir / "student.json").read_text())["method"] == "fedsa+"
+    student = make_student(num_classes=10, seed=0)
+    backbone = flatten_state(backbone_state(student)).size
+    with_head = flatten_state(backbone_state(student, ("features", "head"))).size
+    assert summary["released"] == ["features", "head"] and summary["vector_length"] == with_head > backbone
+    updates = [u for by_node in updates_by_round(run_dir.parent / "dump").values() for u in by_node.values()]
+    assert len(updates) == 3 * summary["rounds"]
+    assert all(u.size == with_head for u in updates)
+    assert all(np.abs(u[backbone:]).max() > 0 for u in updates)  # the head really was trained and sent
+
+
+def test_student_from_secure_sum_equals_student_from_plaintext_sum(run):
+    summary, run_dir, _ = run
+    check_secure_student_equals_plaintext_student(run_dir, run_dir.parent / "dump", summary)
+
+
+def test_logme_selection_gives_unrelated_teachers_almost_no_probability(run):
+    summary, _, _ = run
+    scores, tasks = summary["transferability"], federation(summary["dataset"]).nodes
+    assert set(scores) == set(tasks)
+    unrelated = [n for n, task in tasks.items() if task.startswith("unrelated")]
+    class_subsets = [n for n, task in tasks.items() if task.startswith("digits-")]
+    assert min(scores[n] for n in class_subsets) > max(scores[n] for n in unrelated) + 0.02
+    probabilities = summary["history"][0]["probabilities"]  # one LogME selection serves the whole run
+    assert all(h["probabilities"] == probabilities for h in summary["history"])
+    assert sum(probabilities.values()) == pytest.approx(1.0)
+    assert all(probabilities[n] < 0.01 for n in unrelated), probabilities
+    assert sum(probabilities[n] for n in class_subsets) > 0.95
 
 
 def test_the_demo_writes_a_verified_report(run):

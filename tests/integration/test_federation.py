@@ -2,7 +2,9 @@
 
 Nodes and aggregator run in test mode, writing each node's plaintext weighted update, each
 masked upload and the aggregate to a dump directory, so the test can check that the secure
-sum equals the plaintext sum and that an upload alone says nothing about its update.
+sum equals the plaintext sum, that the student the aggregator saved after each round is the
+round's starting student plus the plaintext sum (to the quantization step), and that an upload
+alone says nothing about its update.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from fedsa_secure.models import backbone_state, flatten_state, make_student
 from fedsa_secure.privacy.ledger import read_entries, verify_entries
+from fedsa_secure.secagg.messages import QuantizationSpec
 from fedsa_secure.secagg.packing import unpack
-from fedsa_secure.secagg.quantize import required_modulus_bits
+from fedsa_secure.secagg.quantize import quantization_step, required_modulus_bits
 
 ROUNDS = 2
 
@@ -73,6 +78,51 @@ def test_secure_aggregate_equals_plaintext_weighted_sum(federation):
         error = np.abs(aggregate - plaintext)
         assert error.max() <= len(updates) * step, (error.max(), step)
         assert np.abs(plaintext).max() > 100 * step  # the comparison is not trivially between zeros
+
+
+def saved_student(run_dir: Path, number: int, summary: dict) -> np.ndarray:
+    """The released parts of the student the aggregator checkpointed after round `number` (0: before round 1)."""
+    model = make_student(num_classes=10, seed=0)
+    model.load_state_dict(torch.load(run_dir / "checkpoints" / f"student-r{number}.pt", weights_only=True))
+    return flatten_state(backbone_state(model, tuple(summary["released"]))).astype(np.float64)
+
+
+def excess_over_quantization(start: np.ndarray, updates: list[np.ndarray], saved: np.ndarray, summary: dict) -> float:
+    """max_i |saved_i - (start_i + sum of plaintext updates_i)| minus what quantizing each update may add.
+
+    Each node's update is clipped and stochastically rounded to within one quantization step,
+    so the securely aggregated student may differ from the plaintext one by at most
+    len(updates) steps per coordinate (plus float32 rounding of the stored student).
+    """
+    clip = summary["secagg"]["clip"]
+    step = quantization_step(QuantizationSpec(clip=clip, level_bits=summary["secagg"]["level_bits"]))
+    plaintext_student = start + sum(np.clip(u, -clip, clip) for u in updates)
+    allowed = len(updates) * step + 2 * np.spacing(np.abs(saved).astype(np.float32))
+    return float((np.abs(saved - plaintext_student) - allowed).max())
+
+
+def check_secure_student_equals_plaintext_student(run_dir: Path, dump: Path, summary: dict) -> None:
+    """Apply each round's plaintext updates to the student it started from and compare with what the aggregator saved."""
+    rounds = updates_by_round(dump)
+    assert sorted(rounds) == list(range(1, summary["rounds"] + 1))
+    for record in summary["history"]:
+        number = record["round"]
+        assert sorted(record["survivors"]) == sorted(record["cohort"]) == sorted(rounds[number])  # no rescaling
+        start, saved = saved_student(run_dir, number - 1, summary), saved_student(run_dir, number, summary)
+        updates = list(rounds[number].values())
+        assert saved.size == summary["vector_length"] == updates[0].size
+        assert excess_over_quantization(start, updates, saved, summary) <= 0
+        # The check can fail: the student moved by far more than the tolerance, and missing any one
+        # node's update (what a wrong sum would look like) breaks it.
+        assert np.abs(saved - start).max() > 100 * len(updates) * quantization_step(
+            QuantizationSpec(summary["secagg"]["clip"], summary["secagg"]["level_bits"]))
+        for left_out in range(len(updates)):
+            assert excess_over_quantization(start, updates[:left_out] + updates[left_out + 1:], saved, summary) > 0
+
+
+def test_student_from_secure_sum_equals_student_from_plaintext_sum(federation):
+    summary, root = federation
+    check_secure_student_equals_plaintext_student(root / "run", root / "dump", summary)
 
 
 def test_masked_upload_is_unrelated_to_its_update(federation):

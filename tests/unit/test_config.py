@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsa_secure.config import load_aggregator_config, load_node_config
+from fedsa_secure.config import DATASETS, load_aggregator_config, load_node_config
+from fedsa_secure.data import FEDERATIONS
 from fedsa_secure.errors import ConfigError
 
 AGGREGATOR = """
@@ -108,3 +109,53 @@ def test_missing_and_invalid_files_are_named(tmp_path):
         load_node_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_node_config(write(tmp_path, "[node\n"))
+
+
+def test_method_and_dataset_default_to_the_faithful_digits_run(tmp_path):
+    fed = load_aggregator_config(write(tmp_path, AGGREGATOR)).federation
+    assert (fed.method, fed.dataset, fed.probe_budget) == ("fedsa", "digits", None)
+    assert load_node_config(write(tmp_path, NODE)).data.dataset == "digits"
+
+
+def test_fedsa_plus_on_mnist5k_is_accepted(tmp_path):
+    text = AGGREGATOR.replace("rounds = 4", 'rounds = 4\nmethod = "fedsa+"\ndataset = "mnist5k"\nprobe_budget = 0.05')
+    fed = load_aggregator_config(write(tmp_path, text)).federation
+    assert (fed.method, fed.dataset, fed.probe_budget) == ("fedsa+", "mnist5k", 0.05)
+    node = load_node_config(write(tmp_path, NODE + '\n[data]\ndataset = "mnist5k"\n'))
+    assert node.data.dataset == "mnist5k"
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("method", '"fedavg"', "allowed values: fedsa, fedsa+"),
+    ("dataset", '"cifar"', "allowed values: digits, mnist5k"),
+])
+def test_unknown_method_or_dataset_names_key_and_allowed_values(tmp_path, key, value, allowed):
+    with pytest.raises(ConfigError) as err:
+        load_aggregator_config(write(tmp_path, AGGREGATOR.replace("rounds = 4", f"rounds = 4\n{key} = {value}")))
+    assert f"'federation.{key}'" in str(err.value) and allowed in str(err.value)
+
+
+def test_unknown_node_dataset_names_key_and_allowed_values(tmp_path):
+    with pytest.raises(ConfigError, match="'data.dataset' is 'cifar'; allowed values: digits, mnist5k"):
+        load_node_config(write(tmp_path, NODE + '\n[data]\ndataset = "cifar"\n'))
+
+
+def test_config_datasets_are_the_federations_the_data_package_has():
+    assert DATASETS == tuple(FEDERATIONS)
+
+
+def test_probe_budget_is_refused_for_digits(tmp_path):
+    with pytest.raises(ConfigError, match="probe_budget applies to the mnist5k dataset only"):
+        load_aggregator_config(write(tmp_path, AGGREGATOR.replace("rounds = 4", "rounds = 4\nprobe_budget = 0.05")))
+    with pytest.raises(ConfigError, match="'federation.probe_budget' is 0.5; allowed range"):
+        text = AGGREGATOR.replace("rounds = 4", 'rounds = 4\ndataset = "mnist5k"\nprobe_budget = 0.5')
+        load_aggregator_config(write(tmp_path, text))
+
+
+def test_the_example_configs_load_and_agree_with_each_other():
+    examples = Path(__file__).resolve().parents[2] / "examples" / "one-machine"
+    aggregator = load_aggregator_config(examples / "aggregator.toml")
+    nodes = [load_node_config(examples / f"{name}.toml") for name in aggregator.federation.nodes]
+    assert [n.node.name for n in nodes] == list(aggregator.federation.nodes)
+    assert {n.data.dataset for n in nodes} == {aggregator.federation.dataset}
+    assert aggregator.federation.method in ("fedsa", "fedsa+")

@@ -57,6 +57,12 @@ SERVER_MESSAGES: list[m.ServerMessage] = [
         probe_images=RNG.standard_normal((4, 3, 8, 8)).astype(np.float32),
         student_maps=RNG.random((4, 2, 2), dtype=np.float32),
     ),
+    m.OutputSelectRequest(
+        round=1,
+        probe_images=RNG.random((6, 1, 14, 14), dtype=np.float32),
+        probe_labels=np.array([0, 9, 3, 3, 1, 2], dtype=np.int64),
+        num_classes=10,
+    ),
     m.TrainRequest(
         round=2,
         student_state={
@@ -207,11 +213,51 @@ def test_missing_required_submessages_raise_protocol_error() -> None:
 
 
 def test_duplicate_state_entries_raise_protocol_error() -> None:
-    msg = SERVER_MESSAGES[1]
+    msg = next(s for s in SERVER_MESSAGES if isinstance(s, m.TrainRequest))
     env = pb.ServerEnvelope.FromString(encode_server(msg))
     env.train_request.student_state.add().CopyFrom(env.train_request.student_state[0])
     with pytest.raises(ProtocolError, match="'layer2.weight' twice"):
         decode_server(env.SerializeToString())
+
+
+def _output_select(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes:
+    """Encoded by hand: the encoder would send it, the decoder must refuse it."""
+    env = pb.ServerEnvelope()
+    env.output_select_request.round = 1
+    env.output_select_request.num_classes = num_classes
+    env.output_select_request.probe_images.CopyFrom(
+        pb.Tensor(dtype=images.dtype.str, shape=list(images.shape), data=images.tobytes()))
+    env.output_select_request.probe_labels.CopyFrom(
+        pb.Tensor(dtype=labels.dtype.str, shape=list(labels.shape), data=labels.tobytes()))
+    return env.SerializeToString()
+
+
+IMAGES = np.zeros((3, 1, 4, 4), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "num_classes", "message"),
+    [
+        (IMAGES, np.array([0, 1], np.int64), 10, "must be 3 integer labels"),
+        (IMAGES, np.array([0.0, 1.0, 2.0]), 10, "must be 3 integer labels"),
+        (IMAGES, np.array([0, 1, 10], np.int64), 10, "labels 0 to 10"),
+        (IMAGES, np.array([0, -1, 2], np.int64), 10, "labels -1 to 2"),
+        (IMAGES, np.array([0, 0, 0], np.int64), 1, "num_classes 1"),
+        (np.zeros((3, 16), np.float32), np.array([0, 1, 2], np.int64), 10, "float array \\[N, C, H, W\\]"),
+        (np.zeros((3, 1, 4, 4), np.int64), np.array([0, 1, 2], np.int64), 10, "float array"),
+    ],
+)
+def test_bad_probe_sets_raise_protocol_error(images: np.ndarray, labels: np.ndarray, num_classes: int, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message) as info:
+        decode_server(_output_select(images, labels, num_classes))
+    assert "OutputSelectRequest" in str(info.value)
+
+
+def test_good_probe_set_decodes_to_its_values() -> None:
+    back = decode_server(_output_select(IMAGES + 0.5, np.array([2, 0, 1], np.int32), 3))
+    assert isinstance(back, m.OutputSelectRequest)
+    assert back.probe_labels.dtype == np.int64 and back.probe_labels.tolist() == [2, 0, 1]
+    assert back.num_classes == 3 and float(back.probe_images.sum()) == 24.0
 
 
 @pytest.mark.parametrize("data", [b"", b"\xff\xff\xff", b"\x0a\x05abc"], ids=["empty", "garbage", "truncated"])

@@ -1,0 +1,1 @@
+"""`fedsa-secure experiment`: the paper-style comparison grid (issue 5 item 5), its statistics, table and plots."""

@@ -1,0 +1,114 @@
+"""Write a grid's table.md (paper Table 1 layout), accuracy-over-rounds and selection plots."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on nodes and CI
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fedsa_secure.data import FEDERATIONS  # noqa: E402
+from fedsa_secure.experiment.stats import ArmSummary, selection_frequency, summarise  # noqa: E402
+from fedsa_secure.plots import save_figure  # noqa: E402
+
+
+def arm_label(method: str, secure: bool, federated: bool) -> str:
+    """`fedsa+ secure` (DP-SGD at epsilon 8 + SecAgg) or `fedsa+ plain` (no DP, plaintext sum); baselines bare."""
+    return f"{method} {'secure' if secure else 'plain'}" if federated else method
+
+
+def _pm(mean: float, spread: float, scale: float = 1.0, digits: int = 3) -> str:
+    spread_text = "n/a" if math.isnan(spread) else f"{scale * spread:.{digits}f}"
+    return f"{scale * mean:.{digits}f} ± {spread_text}"
+
+
+def format_table(records: list[dict], federated: set[str]) -> str:
+    """Markdown: per dataset, accuracy mean ± std per arm x budget, paired difference to Scratch ± SE, costs, selection."""
+    rows = summarise(records)
+    lines = ["# Experiment results", "",
+             "Accuracy: mean ± sample std over seeds. Δ Scratch: mean of the per-seed difference to Scratch "
+             "(same split, teachers and Scratch model), in points, ± its standard error. `secure`: DP-SGD at "
+             "epsilon 8 on every node and secure aggregation; `plain`: no DP, plaintext sum.", ""]
+    for dataset in dict.fromkeys(r.dataset for r in rows):
+        cells = [r for r in rows if r.dataset == dataset]
+        budgets = list(dict.fromkeys(r.probe_budget for r in cells))
+        by_arm: dict[str, dict[float, ArmSummary]] = defaultdict(dict)
+        for r in cells:
+            by_arm[arm_label(r.method, r.secure, r.method in federated)][r.probe_budget] = r
+        header = " | ".join(f"{b:g}: accuracy | {b:g}: Δ Scratch (pts)" for b in budgets)
+        lines += [f"## {dataset}", "", f"| method | seeds | {header} |",
+                  "|---|---|" + "---|---|" * len(budgets)]
+        for label, per_budget in by_arm.items():
+            seeds = "/".join(sorted({str(r.seeds) for r in per_budget.values()}))
+            values = " | ".join(
+                f"{_pm(per_budget[b].mean, per_budget[b].std)} | {_pm(per_budget[b].diff, per_budget[b].diff_se, 100, 1)}"
+                if b in per_budget else "– | –" for b in budgets)
+            lines.append(f"| {label} | {seeds} | {values} |")
+        lines += ["", "| method | budget | mean bytes up | mean node seconds | max epsilon spent |", "|---|---|---|---|---|"]
+        for r in cells:
+            if r.method in federated:
+                eps = "–" if r.max_epsilon is None else f"{r.max_epsilon:.2f}"
+                lines.append(f"| {arm_label(r.method, r.secure, True)} | {r.probe_budget:g} | {r.mean_bytes_up:,.0f} "
+                             f"| {r.mean_node_seconds:.1f} | {eps} |")
+        lines += ["", *_selection_lines(records, dataset), ""]
+    return "\n".join(lines)
+
+
+def _selection_lines(records: list[dict], dataset: str) -> list[str]:
+    frequency = {k: v for k, v in selection_frequency(records).items() if k[0] == dataset}
+    if not frequency:
+        return []
+    tasks = FEDERATIONS[dataset].nodes
+    nodes = sorted({n for shares in frequency.values() for n in shares})
+    lines = ["Share of cohort slots per node (pooled over seeds and rounds):", "",
+             "| method | budget | " + " | ".join(f"{n} ({tasks.get(n, '?')})" for n in nodes) + " |",
+             "|---|---|" + "---|" * len(nodes)]
+    for (_, budget, method, secure), shares in frequency.items():
+        lines.append(f"| {arm_label(method, secure, True)} | {budget:g} | "
+                     + " | ".join(f"{shares.get(n, 0.0):.0%}" for n in nodes) + " |")
+    return lines
+
+
+def plot_accuracy_over_rounds(records: list[dict], path: Path) -> Path:
+    """One panel per (dataset, budget): mean adapted-student accuracy per round per federated arm; Scratch dashed."""
+    cells = list(dict.fromkeys((r["dataset"], r["probe_budget"]) for r in records))
+    figure, axes = plt.subplots(1, len(cells), figsize=(7 * len(cells), 4), squeeze=False)
+    for axis, (dataset, budget) in zip(axes[0], cells):
+        mine = [r for r in records if (r["dataset"], r["probe_budget"]) == (dataset, budget)]
+        curves: dict[str, list[list[float | None]]] = defaultdict(list)
+        for r in mine:
+            if r["accuracy_per_round"]:
+                curves[arm_label(r["method"], r["secure"], True)].append(r["accuracy_per_round"])
+        for label, runs in curves.items():
+            points = [(i, sum(v) / len(v)) for i, v in enumerate(zip(*runs)) if None not in v]
+            axis.plot(*zip(*points), marker="o", label=label, linestyle="-" if "secure" in label else "--")
+        for method, color in (("scratch", "black"), ("transfer", "grey"), ("centralised-ka", "darkgoldenrod")):
+            values = [r["accuracy"] for r in mine if r["method"] == method]
+            if values:
+                axis.axhline(sum(values) / len(values), color=color, linestyle=":", label=method)
+        axis.set(xlabel="round", ylabel="test accuracy (mean over seeds)", title=f"{dataset}, probe budget {budget:g}")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save_figure(figure, path)
+
+
+def plot_selection(records: list[dict], path: Path) -> Path:
+    """Grouped bars: share of cohort slots per node for every federated arm (pooled over cells and seeds)."""
+    frequency = selection_frequency(records)
+    labels = [f"{arm_label(m, s, True)}\n{d} {b:g}" for d, b, m, s in frequency]
+    nodes = sorted({n for shares in frequency.values() for n in shares})
+    figure, axis = plt.subplots(figsize=(max(6.0, 1.2 * len(labels) + 2), 4))
+    width = 0.8 / max(1, len(nodes))
+    for j, node in enumerate(nodes):
+        task = next((f.nodes[node] for f in FEDERATIONS.values() if node in f.nodes), "?")
+        axis.bar([i + j * width for i in range(len(labels))], [shares.get(node, 0.0) for shares in frequency.values()],
+                 width, label=f"{node}: {task}")
+    axis.set_xticks([i + 0.4 - width / 2 for i in range(len(labels))], labels, fontsize="x-small")
+    axis.set(ylabel="share of cohort slots", title="Selection frequency per node")
+    axis.legend(fontsize="x-small")
+    return save_figure(figure, path)

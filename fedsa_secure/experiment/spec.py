@@ -1,0 +1,61 @@
+"""What an experiment runs: the grid's axes and defaults (light: no torch, so the CLI loads fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from fedsa_secure.errors import ConfigError
+
+PROBE_BUDGETS = (0.01, 0.05, 0.10)  # fedsa_secure.data.mnist5k.PROBE_BUDGETS
+
+BASELINES = ("scratch", "transfer", "centralised-ka")
+FEDERATED = ("fedavg+", "random", "fedsa", "fedsa+")  # fedsa.simulation.METHODS, named here without importing torch
+ALL_METHODS = (*BASELINES, *FEDERATED)
+DATASETS = ("mnist5k", "digits")
+TARGET_EPSILON = 8.0
+CENTRAL_FEATURE_WEIGHT = 1.0  # FitNets weight of Centralised KA, next to the output loss (weight 1)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What to run: the cross product of datasets x budgets x seeds x methods, each federated method plain and secure."""
+
+    datasets: tuple[str, ...] = DATASETS
+    budgets: tuple[float, ...] = PROBE_BUDGETS  # mnist5k only; digits has its one fixed probe
+    methods: tuple[str, ...] = ALL_METHODS
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    rounds: int = 3  # with eval_every = rounds, the full grid takes about an hour here (docs/experiments.md)
+    local_epochs: int = 2
+    cohort: int = 3
+    eval_every: int = 3  # adapt + evaluate only after the last round (fedsa adapts every round for Grad-CAM)
+    adapt_batch: int = 64  # probe images per adaptation step; 0: full batch (the same at 1% and on digits)
+    arms: tuple[bool, ...] = (False, True)  # secure=False: plaintext sum, no DP; True: DP-SGD + SecAgg
+
+    def __post_init__(self) -> None:
+        for name, allowed, chosen in (("dataset", DATASETS, self.datasets), ("method", ALL_METHODS, self.methods)):
+            unknown = [c for c in chosen if c not in allowed]
+            if unknown or not chosen:
+                raise ConfigError(f"unknown or no {name}s {unknown}; allowed: {', '.join(allowed)}")
+        counts = (self.rounds, self.local_epochs, self.cohort, self.eval_every)
+        if not self.seeds or not self.arms or min(counts) < 1 or self.adapt_batch < 0:
+            raise ConfigError(
+                f"need seeds, arms, positive rounds, local_epochs, cohort and eval_every, and adapt_batch >= 0; got {self}")
+        for budget in self.budgets:
+            if not 0 < budget <= 0.10:
+                raise ConfigError(f"probe budget {budget} is outside (0, 0.10]")
+
+    def cells(self) -> list[tuple[str, float | None]]:
+        """(dataset, budget) pairs; budget None is digits' fixed probe."""
+        return [(d, b) for d in self.datasets for b in (self.budgets if d == "mnist5k" else (None,))]
+
+    def runs_per_seed(self) -> int:
+        return sum(len(self.arms) if m in FEDERATED else 1 for m in self.methods)
+
+
+QUICK = Grid(datasets=("mnist5k",), budgets=(0.01,), methods=("scratch", "transfer", "centralised-ka", "fedsa", "fedsa+"),
+             seeds=(0, 1), rounds=2, eval_every=1)
+
+
+def with_overrides(grid: Grid, **overrides: object) -> Grid:
+    """`grid` with the given fields replaced where the value is not None."""
+    return replace(grid, **{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,87 @@
+"""Statistics of a grid's records: mean +- std per arm, the paired difference to Scratch, selection frequency.
+
+The difference to Scratch is taken seed by seed (same split, same teachers, same Scratch model),
+so its standard error excludes the seed-to-seed variation that both share; an unpaired
+comparison of the two means would hide real gains under that variation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ArmSummary:
+    """One table cell: a method's arm on one dataset and budget, over its seeds."""
+
+    dataset: str
+    probe_budget: float
+    method: str
+    secure: bool
+    seeds: int
+    mean: float
+    std: float  # sample standard deviation (ddof 1); NaN for one seed
+    diff: float  # mean over seeds of accuracy - Scratch accuracy
+    diff_se: float  # standard error of that mean (ddof 1); NaN for one seed
+    mean_bytes_up: float
+    mean_node_seconds: float
+    max_epsilon: float | None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN when there is one value)."""
+    if not values:
+        raise ValueError("mean_std needs at least one value")
+    mean = math.fsum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def paired_difference(values: dict[int, float], reference: dict[int, float]) -> tuple[float, float]:
+    """Mean and standard error of values[s] - reference[s] over the seeds s of `values`; every seed must be paired."""
+    missing = sorted(set(values) - set(reference))
+    if missing:
+        raise ValueError(f"no reference (Scratch) result for seeds {missing}")
+    mean, std = mean_std([values[s] - reference[s] for s in sorted(values)])
+    return mean, std / math.sqrt(len(values))
+
+
+def arm_key(record: dict) -> tuple[str, float, str, bool]:
+    return record["dataset"], record["probe_budget"], record["method"], record["secure"]
+
+
+def summarise(records: Iterable[dict]) -> list[ArmSummary]:
+    """One ArmSummary per (dataset, budget, method, secure), in first-seen order."""
+    groups: dict[tuple[str, float, str, bool], list[dict]] = defaultdict(list)
+    for record in records:
+        groups[arm_key(record)].append(record)
+    out = []
+    for (dataset, budget, method, secure), group in groups.items():
+        accuracy = {r["seed"]: r["accuracy"] for r in group}
+        if len(accuracy) != len(group):
+            raise ValueError(f"duplicate seeds for {method} on {dataset} at {budget}")
+        mean, std = mean_std(list(accuracy.values()))
+        diff, se = paired_difference(accuracy, {r["seed"]: r["scratch_accuracy"] for r in group})
+        epsilons = [r["dp_epsilon"] for r in group if r["dp_epsilon"] is not None]
+        out.append(ArmSummary(
+            dataset, budget, method, secure, len(group), mean, std, diff, se,
+            mean_bytes_up=mean_std([r["bytes_up"] for r in group])[0],
+            mean_node_seconds=mean_std([r["node_seconds"] for r in group])[0],
+            max_epsilon=max(epsilons) if epsilons else None,
+        ))
+    return out
+
+
+def selection_frequency(records: Iterable[dict]) -> dict[tuple[str, float, str, bool], dict[str, float]]:
+    """Share of cohort slots each node got, per federated arm, pooled over seeds and rounds."""
+    counts: dict[tuple[str, float, str, bool], dict[str, int]] = {}
+    for record in records:
+        if record.get("selection_counts"):
+            into = counts.setdefault(arm_key(record), defaultdict(int))
+            for node, count in record["selection_counts"].items():
+                into[node] += count
+    return {key: {n: c / max(1, sum(by.values())) for n, c in sorted(by.items())} for key, by in counts.items()}

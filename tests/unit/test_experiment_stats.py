@@ -1,0 +1,110 @@
+"""Statistics, table and grid options of `fedsa-secure experiment`, on hand-made records with known answers."""
+
+import argparse
+import math
+
+import pytest
+
+from fedsa_secure.data import PROBE_BUDGETS
+from fedsa_secure.errors import ConfigError
+from fedsa_secure.experiment.command import add_parser, grid_from_args
+from fedsa_secure.experiment.report import format_table
+from fedsa_secure.experiment.spec import FEDERATED, QUICK, Grid
+from fedsa_secure.experiment.stats import mean_std, paired_difference, selection_frequency, summarise
+from fedsa_secure.fedsa.simulation import METHODS
+
+
+def record(method, seed, accuracy, scratch, secure=False, counts=None, epsilon=None, bytes_up=0):
+    return {"dataset": "mnist5k", "probe_budget": 0.01, "method": method, "seed": seed, "secure": secure,
+            "dp_epsilon": epsilon, "accuracy": accuracy, "scratch_accuracy": scratch, "bytes_up": bytes_up,
+            "bytes_down": 0, "node_seconds": 1.0, "accuracy_per_round": None, "selection_counts": counts}
+
+
+SCRATCH = {0: 0.80, 1: 0.70, 2: 0.90}
+FEDSA_PLUS = {0: 0.85, 1: 0.76, 2: 0.94}  # differences 0.05, 0.06, 0.04
+
+
+def grid_records():
+    out = [record("scratch", s, a, a) for s, a in SCRATCH.items()]
+    out += [record("fedsa+", s, a, SCRATCH[s], secure=True, epsilon=7.5 + s / 10, bytes_up=100 * (s + 1),
+                   counts={"node-1": 2, "node-4": 0, "node-6": 1}) for s, a in FEDSA_PLUS.items()]
+    return out
+
+
+def test_mean_std_is_the_sample_standard_deviation():
+    mean, std = mean_std([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5 and std == pytest.approx(math.sqrt(5 / 3))
+    assert math.isnan(mean_std([0.3])[1])
+    with pytest.raises(ValueError):
+        mean_std([])
+
+
+def test_paired_difference_removes_the_shared_seed_variation():
+    diff, se = paired_difference(FEDSA_PLUS, SCRATCH)
+    assert diff == pytest.approx(0.05)
+    assert se == pytest.approx(0.01 / math.sqrt(3))  # std of (0.05, 0.06, 0.04) is 0.01
+    unpaired_se = math.sqrt(mean_std(list(FEDSA_PLUS.values()))[1] ** 2 / 3 + mean_std(list(SCRATCH.values()))[1] ** 2 / 3)
+    assert se < unpaired_se / 10
+
+
+def test_paired_difference_refuses_unpaired_seeds():
+    with pytest.raises(ValueError, match="seeds \\[7\\]"):
+        paired_difference({7: 0.9}, SCRATCH)
+
+
+def test_summarise_gives_one_row_per_arm_with_paired_statistics():
+    rows = {(r.method, r.secure): r for r in summarise(grid_records())}
+    assert set(rows) == {("scratch", False), ("fedsa+", True)}
+    plus = rows[("fedsa+", True)]
+    assert plus.seeds == 3 and plus.mean == pytest.approx(0.85) and plus.std == pytest.approx(0.09)
+    assert plus.diff == pytest.approx(0.05) and plus.diff_se == pytest.approx(0.01 / math.sqrt(3))
+    assert plus.max_epsilon == pytest.approx(7.7) and plus.mean_bytes_up == pytest.approx(200)
+    assert rows[("scratch", False)].diff == 0.0 and rows[("scratch", False)].max_epsilon is None
+
+
+def test_summarise_refuses_a_seed_twice():
+    with pytest.raises(ValueError, match="duplicate seeds"):
+        summarise([record("scratch", 0, 0.8, 0.8), record("scratch", 0, 0.8, 0.8)])
+
+
+def test_selection_frequency_pools_seeds_and_rounds():
+    shares = selection_frequency(grid_records())[("mnist5k", 0.01, "fedsa+", True)]
+    assert shares == pytest.approx({"node-1": 6 / 9, "node-4": 0.0, "node-6": 3 / 9})
+
+
+def test_table_shows_mean_std_and_paired_difference_in_points():
+    table = format_table(grid_records(), set(FEDERATED))
+    assert "| fedsa+ secure | 3 | 0.850 ± 0.090 | 5.0 ± 0.6 |" in table
+    assert "| scratch | 3 | 0.800 ± 0.100 | 0.0 ± 0.0 |" in table
+    assert "node-4 (unrelated)" in table and "| fedsa+ secure | 0.01 | 67% | 0% | 33% |" in table
+    assert "| fedsa+ secure | 0.01 | 200 | 1.0 | 7.70 |" in table
+
+
+def test_experiment_axes_match_the_simulation_and_data():
+    assert set(FEDERATED) == set(METHODS)
+    assert Grid().budgets == PROBE_BUDGETS
+
+
+def test_grid_refuses_bad_options_with_a_clear_error():
+    with pytest.raises(ConfigError, match="unknown or no methods \\['fedprox'\\]"):
+        Grid(methods=("fedprox",))
+    with pytest.raises(ConfigError, match="probe budget 0.5"):
+        Grid(budgets=(0.5,))
+    with pytest.raises(ConfigError, match="positive rounds"):
+        Grid(rounds=0)
+
+
+def parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="command"))
+    return grid_from_args(parser.parse_args(["experiment", *argv]))
+
+
+def test_quick_is_a_small_grid_and_options_override_it():
+    assert parse("--quick") == QUICK
+    assert len(QUICK.cells()) * len(QUICK.seeds) * QUICK.runs_per_seed() <= 16
+    grid = parse("--quick", "--seeds", "3", "4", "5", "--arms", "secure", "--adapt-batch", "0")
+    assert grid.seeds == (3, 4, 5) and grid.arms == (True,) and grid.adapt_batch == 0 and grid.rounds == QUICK.rounds
+    full = parse()
+    assert full.cells() == [("mnist5k", 0.01), ("mnist5k", 0.05), ("mnist5k", 0.1), ("digits", None)]
+    assert len(full.seeds) >= 5 and full.runs_per_seed() == 3 + 2 * 4
