@@ -15,6 +15,19 @@ settings also run through Flower's SecAgg+ code and add flower_* fields; with
 n=100-200 runs for a very long time), so one run still measures both side by side.
 Nodes run without signing credentials here: signatures cost the same in both designs'
 real deployments and are outside the masking/unmasking times measured.
+
+Every setting is deterministic given `seed` and always completes. The round nonce comes from
+the seed (`bench_nonce`), but the neighbour graph also depends on the nodes' freshly generated
+keys (through the session id), so fixing the nonce alone cannot fix the graph. The dropped
+nodes are therefore chosen by ring position (`choose_dropped`): the SecAgg+ graph joins ring
+positions at fixed distances, so it is the same graph in positions for every session, and a
+seeded draw of positions gives the same dropout pattern, up to the names placed on the ring,
+in every run. A draw is accepted only if no neighbourhood (a node and its k neighbours) loses
+more than k+1-t members, i.e. every node keeps t surviving holders of its shares; otherwise it
+is redrawn. A uniformly random set of 10 out of 50 nodes violates that for about one draw in
+five at k=11 (t=7), and such a round aborts by design ("only 6 survivors ... threshold 7"),
+which measures nothing; the accepted pattern is a uniform draw among the valid ones. Each run
+checks the unmasked sum against the survivors' vectors and raises if it is wrong.
 """
 
 from __future__ import annotations
@@ -32,13 +45,16 @@ from typing import Any
 
 import numpy as np
 
-from fedsa_secure.crypto import expand_keystreams, random_bytes
+from fedsa_secure.crypto import expand_keystreams, random_bytes, sha256
 from fedsa_secure.secagg.client import SecAggClient
+from fedsa_secure.secagg.graph import neighbours, ring_order
 from fedsa_secure.secagg.messages import QuantizationSpec, RoundConfig, payload_bytes
-from fedsa_secure.secagg.quantize import required_modulus_bits
+from fedsa_secure.secagg.quantize import quantization_step, required_modulus_bits
 from fedsa_secure.secagg.server import SecAggServer
+from fedsa_secure.secagg.session import session_id
 
 LEVEL_BITS, CLIP = 16, 0.5
+MAX_DROPOUT_DRAWS = 100_000  # valid patterns are rare only for tiny, heavily dropped settings
 FLOWER_HELPER = Path(__file__).parent / "peers" / "flower_secaggplus.py"
 
 
@@ -64,13 +80,39 @@ def threshold(k: int) -> int:
     return (k + 1) // 2 + 1
 
 
+def bench_nonce(seed: int) -> bytes:
+    """The round nonce of a bench run with this seed (benchmark rounds only: a real round's nonce is fresh)."""
+    return sha256(b"fedsa-secure/bench/secagg-nonce" + seed.to_bytes(8, "big", signed=True))
+
+
+def choose_dropped(
+    ring: tuple[str, ...], graph: dict[str, frozenset[str]], t: int, dropped: int, rng: np.random.Generator
+) -> frozenset[str]:
+    """`dropped` nodes, drawn uniformly by ring position and redrawn until every neighbourhood
+    (a node and its graph neighbours) keeps at least t members; ValueError if no draw does.
+
+    Whether a draw is valid depends only on the positions, as the graph is the same in ring
+    positions for every session, so a given `rng` state always yields the same pattern.
+    """
+    if dropped > len(ring) - t:
+        raise ValueError(f"dropping {dropped} of {len(ring)} nodes leaves fewer than t={t}")
+    for _ in range(MAX_DROPOUT_DRAWS):
+        gone = frozenset(ring[position] for position in rng.choice(len(ring), size=dropped, replace=False))
+        if all(len((graph[node] | {node}) - gone) >= t for node in ring):
+            return gone
+    raise ValueError(
+        f"found no way to drop {dropped} of {len(ring)} nodes that leaves every neighbourhood "
+        f"t={t} members in {MAX_DROPOUT_DRAWS} draws"
+    )
+
+
 def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     names = tuple(f"node{i:03d}" for i in range(n))
     config = RoundConfig(
         round=1, participants=names, threshold=threshold(k), vector_length=m,
         quantization=QuantizationSpec(CLIP, LEVEL_BITS), modulus_bits=required_modulus_bits(n, LEVEL_BITS),
-        nonce=random_bytes(32), degree=0 if k == n - 1 else k,
+        nonce=bench_nonce(seed), degree=0 if k == n - 1 else k,
     )
     server = SecAggServer(config)
     clients = {name: SecAggClient(name, config) for name in names}
@@ -85,7 +127,8 @@ def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str
         traffic[name] += payload_bytes(roster) + payload_bytes(shares)
         server.receive_shares(shares)
     deliveries = server.deliveries()
-    gone = {names[i] for i in rng.choice(n, size=dropped, replace=False)}
+    session = session_id(config, roster.advertisements)
+    gone = choose_dropped(ring_order(config, session), neighbours(config, session), config.threshold, dropped, rng)
     vector = rng.uniform(-CLIP, CLIP, m)
     times: list[float] = []
     keystreams: list[float] = []
@@ -108,8 +151,9 @@ def run_setting(n: int, k: int, dropped: int, m: int, seed: int = 0) -> dict[str
     start = time.perf_counter()
     for response in responses:
         server.receive_unmask(response)
-    server.finish()
+    total = server.finish()
     server_unmask = time.perf_counter() - start
+    _check_sum(total, vector, request.survivors, frozenset(names) - gone)
     for response in responses:
         traffic[response.sender] += payload_bytes(request) + payload_bytes(response)
     client_mask, keystream = statistics.median(times), statistics.median(keystreams)
@@ -130,6 +174,15 @@ def mask_streams(client: SecAggClient) -> int:
     """Keystreams one masked input expands: the self mask, a pairwise mask for every other
     member of the client's U2 (which includes itself), and the stochastic-rounding stream."""
     return 1 + (len(client.u2) - 1) + 1
+
+
+def _check_sum(total: np.ndarray, vector: np.ndarray, survivors: tuple[str, ...], expected: frozenset[str]) -> None:
+    """RuntimeError unless every node that stayed is a survivor and the sum is that of their
+    vectors (all equal to `vector`) to within one quantization step per survivor."""
+    count = len(survivors)
+    error = float(np.max(np.abs(total - count * vector)))
+    if set(survivors) != expected or error >= count * quantization_step(QuantizationSpec(CLIP, LEVEL_BITS)):
+        raise RuntimeError(f"bench round went wrong: {count} survivors (expected {len(expected)}), sum error {error}")
 
 
 def _timed(function: Any, *args: Any) -> float:

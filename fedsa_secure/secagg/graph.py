@@ -31,11 +31,16 @@ def check_degree(config: RoundConfig) -> None:
         raise ProtocolError(f"no {k}-regular graph on {n} nodes: an odd degree needs an even n")
 
 
+def ring_order(config: RoundConfig, session: bytes) -> tuple[str, ...]:
+    """The participants in this session's ring order; `neighbours` joins nodes by ring distance,
+    so the graph, seen in ring positions, is the same for every session of a given n and k."""
+    return tuple(_shuffled(list(config.participants), derive_key(session, LABEL_GRAPH, b"")))
+
+
 def neighbours(config: RoundConfig, session: bytes) -> dict[str, frozenset[str]]:
     """Each participant's k neighbours (itself excluded) for the round with this session id."""
-    names = config.participants
-    n, k = len(names), effective_degree(config)
-    ring = _shuffled(list(names), derive_key(session, LABEL_GRAPH, b""))
+    ring = ring_order(config, session)
+    n, k = len(ring), effective_degree(config)
     offsets = set(range(1, k // 2 + 1)) | set(range(n - k // 2, n))
     if k % 2:
         offsets.add(n // 2)

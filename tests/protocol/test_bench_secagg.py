@@ -1,4 +1,4 @@
-"""`python -m bench.secagg --json --quick` runs and reports the fields issue 3 asks for."""
+"""`python -m bench.secagg`: the quick grid reports the fields issue 3 asks for; every setting is deterministic and completes."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 from bench import secagg as bench
 from fedsa_secure.crypto import prg
+from fedsa_secure.secagg.graph import neighbours, ring_order
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,3 +69,67 @@ def test_keystream_baseline_expands_exactly_the_bytes_masking_expands(monkeypatc
     _CountingStream.produced = 0
     bench.expand_keystreams([bytes(32)] * bench.mask_streams(client), m)
     assert masking == _CountingStream.produced == 4 * m * 6  # self, 4 pairwise, rounding
+
+
+def _plus_config(n: int, k: int) -> bench.RoundConfig:
+    return bench.RoundConfig(
+        round=1, participants=tuple(f"node{i:03d}" for i in range(n)), threshold=bench.threshold(k), vector_length=8,
+        quantization=bench.QuantizationSpec(bench.CLIP, bench.LEVEL_BITS),
+        modulus_bits=bench.required_modulus_bits(n, bench.LEVEL_BITS), nonce=bytes(32), degree=k,
+    )
+
+
+def _keeps_t(graph: dict[str, frozenset[str]], gone: frozenset[str], t: int) -> bool:
+    return all(len((peers | {node}) - gone) >= t for node, peers in graph.items())
+
+
+def test_dropped_nodes_keep_t_in_every_neighbourhood_and_sit_where_the_seed_says() -> None:
+    """n=12, k=5, t=4: whatever the session (graph), the same seed drops the same ring positions,
+    and no neighbourhood (a node and its 5 neighbours) loses more than k+1-t = 2 members."""
+    config = _plus_config(12, 5)
+    t = config.threshold
+    assert t == 4
+    positions, rings = set(), set()
+    for session in (b"one", b"two", b"three"):
+        ring, graph = ring_order(config, session), neighbours(config, session)
+        for position, name in enumerate(ring):  # the graph joins ring distances 1, 2 and 6 (antipode)
+            assert graph[name] == {ring[(position + offset) % 12] for offset in (1, 2, 6, 10, 11)}
+        for dropped in (3, 4):
+            gone = bench.choose_dropped(ring, graph, t, dropped, np.random.default_rng(7))
+            assert len(gone) == dropped and _keeps_t(graph, gone, t)
+            positions.add((dropped, tuple(sorted(ring.index(name) for name in gone))))
+        rings.add(ring)
+    assert len(rings) == 3 and len(positions) == 2  # three graphs, one pattern per dropped count
+    # Plain uniform draws, as the bench made before, mostly leave some neighbourhood below t.
+    rng = np.random.default_rng(0)
+    valid = [
+        _keeps_t(graph, frozenset(ring[i] for i in rng.choice(12, size=4, replace=False)), t) for _ in range(200)
+    ]
+    assert sum(valid) < 20
+    with pytest.raises(ValueError, match="fewer than t=4"):
+        bench.choose_dropped(ring, graph, t, 9, rng)
+
+
+@pytest.mark.parametrize("dropped", [3, 4])
+def test_small_setting_completes_for_every_seed(dropped: int) -> None:
+    """run_setting(12, 5, dropped, 40) for eight seeds: the round never aborts, and run_setting's
+    own check (all non-dropped nodes survive, the sum is right) passes."""
+    for seed in range(8):
+        row = bench.run_setting(12, 5, dropped, 40, seed)
+        assert (row["n"], row["k"], row["t"], row["dropped"], row["m"]) == (12, 5, 4, dropped, 40)
+        assert row["upload_bytes"] == -(-40 * row["b"] // 8)
+        assert row["server_unmask_s"] > 0
+
+
+def test_bench_nonce_is_fixed_by_the_seed() -> None:
+    assert bench.bench_nonce(3) == bench.bench_nonce(3) != bench.bench_nonce(4)
+    assert len(bench.bench_nonce(0)) == 32
+
+
+def test_sum_check_refuses_a_wrong_sum_or_survivor_set() -> None:
+    vector = np.linspace(-bench.CLIP, bench.CLIP, 5)
+    bench._check_sum(2 * vector, vector, ("a", "b"), frozenset({"a", "b"}))  # noqa: SLF001
+    with pytest.raises(RuntimeError, match="sum error"):
+        bench._check_sum(2 * vector + 0.01, vector, ("a", "b"), frozenset({"a", "b"}))  # noqa: SLF001
+    with pytest.raises(RuntimeError, match="1 survivors"):
+        bench._check_sum(vector, vector, ("a",), frozenset({"a", "b"}))  # noqa: SLF001

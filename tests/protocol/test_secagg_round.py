@@ -478,6 +478,32 @@ def test_secagg_plus_exact_sum_with_dropouts_at_every_stage() -> None:
     assert np.array_equal(result, sum(vectors[n] for n in server.survivors))
 
 
+def test_secagg_plus_clients_keep_one_sealing_key_per_neighbour() -> None:
+    """A SecAgg+ round (n=8, k=4): the key a client keeps for each neighbour after ShareKeys is
+    the one that neighbour keeps for it, distinct per pair; a bundle opens at its recipient and
+    fails at another neighbour of its sender, who holds a key with the sender too."""
+    config = _plus_config(8, 4, 3, 4)
+    names = config.participants
+    _, clients, deliveries = _through_share_keys(config)
+    kept = {name: client._sealing for name, client in clients.items()}  # noqa: SLF001 - the cached keys
+    graph = {name: {share.sender for share in deliveries[name].shares} for name in names}
+    pair_keys = set()
+    for name in names:
+        assert set(kept[name]) == graph[name] and len(graph[name]) == 4
+        for peer in graph[name]:
+            assert kept[name][peer] == kept[peer][name]
+            pair_keys.add(kept[name][peer])
+    assert len(pair_keys) == 8 * 4 // 2
+
+    sender = "node00"
+    recipient, other = sorted(graph[sender])[:2]
+    bundle = next(share for share in deliveries[recipient].shares if share.sender == sender)
+    clients[recipient].masked_input(deliveries[recipient], np.zeros(4))
+    assert sender in clients[recipient].u2
+    with pytest.raises(IntegrityError):
+        clients[other].masked_input(ShareDelivery((replace(bundle, recipient=other),)), np.zeros(4))
+
+
 def test_secagg_plus_threshold_is_per_neighbourhood() -> None:
     good = _plus_config(12, 4, 3, 8)
     SecAggServer(good)
