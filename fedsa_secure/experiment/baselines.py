@@ -7,7 +7,7 @@ theory. Both end with the same adaptation recipe as Scratch and the federated st
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -17,27 +17,31 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from fedsa_secure.data import LabelledSet, NodeData, task_input
-from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate
+from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt_tasks, task_accuracy
 from fedsa_secure.fedsa.amalgamate import apply_update
 from fedsa_secure.fedsa.distill import DPSettings
 from fedsa_secure.fedsa.nonprivate import PlainTrainer
 from fedsa_secure.fedsa.output_kd import MAP_C
 from fedsa_secure.fedsa.select_plus import output_transferability, teacher_logits
-from fedsa_secure.models import ConvNet, Translator, backbone_state, make_student
-from fedsa_secure.models.cnn import spatial_pool
+from fedsa_secure.models import ConvNet, HeadedBackbone, Translator, backbone_state, make_student
 
 Teachers = dict[str, tuple[NodeData, ConvNet]]
 
 
-def transfer(teachers: Teachers, probe: LabelledSet, test: LabelledSet, seed: int, recipe: AdaptRecipe) -> dict:
-    """Transfer: the teacher whose logits fit the probe labels best (LogME) gets a fresh head, fine-tuned on the probe."""
+def transfer(
+    teachers: Teachers, probe: LabelledSet, test: LabelledSet, seed: int, recipe: AdaptRecipe, tasks: Sequence[str]
+) -> dict:
+    """Transfer: the teacher whose logits fit the probe labels best (LogME) gets fresh heads, fine-tuned on the probe.
+
+    The teacher is the model, so the student architecture plays no part; `tasks` are the target tasks.
+    """
     scores = {name: output_transferability(teacher, data.task, probe) for name, (data, teacher) in teachers.items()}
     best = max(scores, key=scores.__getitem__)
     data, teacher = teachers[best]
     seen_probe = LabelledSet(task_input(data.task, probe.x), probe.y, probe.num_classes)
     seen_test = LabelledSet(task_input(data.task, test.x), test.y, test.num_classes)
-    model = adapt(teacher, seen_probe, seed, recipe)
-    return {"accuracy": evaluate(model, seen_test), "teacher": best, "scores": scores}
+    model = adapt_tasks(teacher, seen_probe, seed, tasks, recipe)
+    return {"task_accuracy": task_accuracy(model, seen_test), "teacher": best, "scores": scores}
 
 
 def joint_output_targets(teachers: Teachers, probe: LabelledSet, images: np.ndarray) -> np.ndarray:
@@ -60,11 +64,12 @@ def joint_output_targets(teachers: Teachers, probe: LabelledSet, images: np.ndar
 class _CentralProxy(nn.Module):
     """Student backbone and head, plus one translator per teacher for the feature loss."""
 
-    def __init__(self, student: ConvNet, translators: list[Translator]) -> None:
+    def __init__(self, student: HeadedBackbone, translators: list[Translator]) -> None:
         super().__init__()
         self.features = student.features
         self.head = student.head
         self.translators = nn.ModuleList(translators)
+        self.head_input: Callable[[torch.Tensor], torch.Tensor] = student.head_input  # the architecture's pooling
 
 
 class CentralObjective:
@@ -72,16 +77,17 @@ class CentralObjective:
 
     released = ("features", "head")
 
-    def __init__(self, teachers: Teachers, probe: LabelledSet, seed: int, feature_weight: float) -> None:
+    def __init__(self, teachers: Teachers, probe: LabelledSet, seed: int, feature_weight: float, arch: str) -> None:
         self.feature_weight = feature_weight
         images = np.concatenate([d.train.x for d, _ in teachers.values()])
         owner = np.concatenate([np.full(len(d.train), i) for i, (d, _) in enumerate(teachers.values())])
         with torch.no_grad():
             features = torch.cat([t.features(torch.from_numpy(task_input(d.task, d.train.x))) for d, t in teachers.values()])
-        student = make_student(probe.num_classes, seed)
+        student = make_student(probe.num_classes, seed, arch)
+        side = tuple(features.shape[-2:])  # the teachers' grid, which the MLP's 4x4 maps are resized to
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            translators = [Translator(student.feature_channels, t.feature_channels) for _, t in teachers.values()]
+            translators = [Translator(student.feature_channels, t.feature_channels, side) for _, t in teachers.values()]
         self.module = _CentralProxy(student, translators)
         soft = torch.from_numpy(joint_output_targets(teachers, probe, images))
         self.tensors = (torch.from_numpy(images), soft, features, torch.from_numpy(owner))
@@ -89,7 +95,7 @@ class CentralObjective:
     def per_sample_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         x, soft, target_features, owner = batch
         a = model.features(x)
-        loss = -(soft * F.log_softmax(model.head(spatial_pool(a)), dim=1)).sum(dim=1)
+        loss = -(soft * F.log_softmax(model.head(model.head_input(a)), dim=1)).sum(dim=1)
         if self.feature_weight > 0:
             fitnets = torch.zeros_like(loss)
             for i in owner.unique().tolist():
@@ -109,11 +115,13 @@ def centralised_ka(
     settings: DPSettings,
     epochs: int,
     feature_weight: float,
+    arch: str,
+    tasks: Sequence[str],
 ) -> dict:
-    """Centralised KA: one student distilled without DP on every node's records, `epochs` passes, then adapted."""
-    objective = CentralObjective(teachers, probe, seed, feature_weight)
-    student = make_student(probe.num_classes, seed)
+    """Centralised KA: one student of `arch` distilled without DP on every node's records, `epochs` passes, then adapted."""
+    objective = CentralObjective(teachers, probe, seed, feature_weight, arch)
+    student = make_student(probe.num_classes, seed, arch)
     trainer = PlainTrainer(objective, replace(settings, local_epochs=epochs), seed=seed)
     apply_update(student, trainer.train_round(backbone_state(student, objective.released)), objective.released)
-    model = adapt(student, probe, seed, replace(recipe, fresh_head=False))
-    return {"accuracy": evaluate(model, test)}
+    model = adapt_tasks(student, probe, seed, tasks, replace(recipe, fresh_head=False))
+    return {"task_accuracy": task_accuracy(model, test)}

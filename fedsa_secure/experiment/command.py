@@ -6,11 +6,12 @@ import argparse
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fedsa_secure.experiment.spec import ALL_METHODS, DATASETS, FEDERATED, QUICK, Grid, with_overrides
+from fedsa_secure.experiment.spec import ALL_METHODS, ARCHS, DATASETS, FEDERATED, QUICK, TASKS, Grid, with_overrides
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -37,6 +38,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                         "probe has at most 64 images, i.e. mnist5k 1%% and digits; cheaper at 5%% and 10%%)")
     p.add_argument("--arms", choices=("both", "plain", "secure"), default="both",
                    help="which arms of the federated methods to run (default both)")
+    p.add_argument("--archs", nargs="+", type=_names(ARCHS), metavar="ARCH",
+                   help=f"student architectures, each running every method (of {', '.join(ARCHS)}; "
+                        "space- or comma-separated; default cnn)")
+    p.add_argument("--tasks", nargs="+", type=_names(TASKS), metavar="TASK",
+                   help=f"target tasks, one head each, digit first (of {', '.join(TASKS)}; space- or comma-separated; "
+                        "default digit); every task's accuracy is reported")
     p.add_argument("--teacher-cache", type=Path, help="where teachers are cached (default OUT/teachers)")
     p.set_defaults(handler=run_command)
 
@@ -48,7 +55,7 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
         QUICK if args.quick else Grid(),
         datasets=_tuple(args.datasets), budgets=_tuple(args.budgets), methods=_tuple(args.methods),
         seeds=_tuple(args.seeds), rounds=args.rounds, local_epochs=args.local_epochs, eval_every=args.eval_every,
-        adapt_batch=args.adapt_batch, arms=arms,
+        adapt_batch=args.adapt_batch, arms=arms, archs=_flat(args.archs), tasks=_flat(args.tasks),
     )
 
 
@@ -59,6 +66,23 @@ def _finite(value: object) -> object:
 
 def _tuple(values: list | None) -> tuple | None:
     return tuple(values) if values else None
+
+
+def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
+    """An argparse type: one argument as comma-separated names from `allowed` (`cnn,mlp` as well as `cnn mlp`)."""
+
+    def parse(text: str) -> list[str]:
+        names = [n for n in text.split(",") if n]
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"unknown or no names {unknown} in {text!r}; allowed: {', '.join(allowed)}")
+        return names
+
+    return parse
+
+
+def _flat(groups: list[list[str]] | None) -> tuple[str, ...] | None:
+    return tuple(n for group in groups for n in group) if groups else None
 
 
 def run_command(args: argparse.Namespace) -> int:

@@ -12,6 +12,8 @@ BASELINES = ("scratch", "transfer", "centralised-ka")
 FEDERATED = ("fedavg+", "random", "fedsa", "fedsa+")  # fedsa.simulation.METHODS, named here without importing torch
 ALL_METHODS = (*BASELINES, *FEDERATED)
 DATASETS = ("mnist5k", "digits")
+ARCHS = ("cnn", "resnet", "mlp")  # models.STUDENT_ARCHS, named here without importing torch
+TASKS = ("digit", "parity", "mod-3")  # data.tasks.TARGET_TASKS; the digit task (the probe's labels) comes first
 TARGET_EPSILON = 8.0
 CENTRAL_FEATURE_WEIGHT = 1.0  # FitNets weight of Centralised KA, next to the output loss (weight 1)
 
@@ -30,12 +32,18 @@ class Grid:
     eval_every: int = 3  # adapt + evaluate only after the last round (fedsa adapts every round for Grad-CAM)
     adapt_batch: int = 64  # probe images per adaptation step; 0: full batch (the same at 1% and on digits)
     arms: tuple[bool, ...] = (False, True)  # secure=False: plaintext sum, no DP; True: DP-SGD + SecAgg
+    archs: tuple[str, ...] = ("cnn",)  # student architectures; every method runs once per architecture
+    tasks: tuple[str, ...] = ("digit",)  # target tasks: one head each on every adapted student, each reported
 
     def __post_init__(self) -> None:
-        for name, allowed, chosen in (("dataset", DATASETS, self.datasets), ("method", ALL_METHODS, self.methods)):
+        axes = (("dataset", DATASETS, self.datasets), ("method", ALL_METHODS, self.methods),
+                ("arch", ARCHS, self.archs), ("task", TASKS, self.tasks))
+        for name, allowed, chosen in axes:
             unknown = [c for c in chosen if c not in allowed]
             if unknown or not chosen:
                 raise ConfigError(f"unknown or no {name}s {unknown}; allowed: {', '.join(allowed)}")
+        if self.tasks[0] != "digit" or len(set(self.tasks)) != len(self.tasks):
+            raise ConfigError(f"tasks must be distinct and start with digit (the probe's labels), got {', '.join(self.tasks)}")
         counts = (self.rounds, self.local_epochs, self.cohort, self.eval_every)
         if not self.seeds or not self.arms or min(counts) < 1 or self.adapt_batch < 0:
             raise ConfigError(
@@ -49,7 +57,7 @@ class Grid:
         return [(d, b) for d in self.datasets for b in (self.budgets if d == "mnist5k" else (None,))]
 
     def runs_per_seed(self) -> int:
-        return sum(len(self.arms) if m in FEDERATED else 1 for m in self.methods)
+        return len(self.archs) * sum(len(self.arms) if m in FEDERATED else 1 for m in self.methods)
 
 
 QUICK = Grid(datasets=("mnist5k",), budgets=(0.01,), methods=("scratch", "transfer", "centralised-ka", "fedsa", "fedsa+"),

@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ArmSummary:
-    """One table cell: a method's arm on one dataset and budget, over its seeds."""
+    """One table cell: a method's arm with one student architecture on one dataset and budget, one target task, over its seeds."""
 
     dataset: str
     probe_budget: float
+    arch: str
     method: str
     secure: bool
+    task: str  # the target task whose accuracy this is ("digit" unless the grid adapts several heads)
     seeds: int
     mean: float
     std: float  # sample standard deviation (ddof 1); NaN for one seed
@@ -50,35 +52,39 @@ def paired_difference(values: dict[int, float], reference: dict[int, float]) -> 
     return mean, std / math.sqrt(len(values))
 
 
-def arm_key(record: dict) -> tuple[str, float, str, bool]:
-    return record["dataset"], record["probe_budget"], record["method"], record["secure"]
+ArmKey = tuple[str, float, str, str, bool]  # dataset, probe budget, student architecture, method, secure
+
+
+def arm_key(record: dict) -> ArmKey:
+    return record["dataset"], record["probe_budget"], record["arch"], record["method"], record["secure"]
 
 
 def summarise(records: Iterable[dict]) -> list[ArmSummary]:
-    """One ArmSummary per (dataset, budget, method, secure), in first-seen order."""
-    groups: dict[tuple[str, float, str, bool], list[dict]] = defaultdict(list)
+    """One ArmSummary per (dataset, budget, arch, method, secure) and target task, in first-seen order."""
+    groups: dict[ArmKey, list[dict]] = defaultdict(list)
     for record in records:
         groups[arm_key(record)].append(record)
     out = []
-    for (dataset, budget, method, secure), group in groups.items():
-        accuracy = {r["seed"]: r["accuracy"] for r in group}
-        if len(accuracy) != len(group):
-            raise ValueError(f"duplicate seeds for {method} on {dataset} at {budget}")
-        mean, std = mean_std(list(accuracy.values()))
-        diff, se = paired_difference(accuracy, {r["seed"]: r["scratch_accuracy"] for r in group})
+    for (dataset, budget, arch, method, secure), group in groups.items():
+        if len({r["seed"] for r in group}) != len(group):
+            raise ValueError(f"duplicate seeds for {arch} {method} on {dataset} at {budget}")
         epsilons = [r["dp_epsilon"] for r in group if r["dp_epsilon"] is not None]
-        out.append(ArmSummary(
-            dataset, budget, method, secure, len(group), mean, std, diff, se,
-            mean_bytes_up=mean_std([r["bytes_up"] for r in group])[0],
-            mean_node_seconds=mean_std([r["node_seconds"] for r in group])[0],
-            max_epsilon=max(epsilons) if epsilons else None,
-        ))
+        for task in group[0]["task_accuracy"]:
+            accuracy = {r["seed"]: r["task_accuracy"][task] for r in group}
+            mean, std = mean_std(list(accuracy.values()))
+            diff, se = paired_difference(accuracy, {r["seed"]: r["scratch_task_accuracy"][task] for r in group})
+            out.append(ArmSummary(
+                dataset, budget, arch, method, secure, task, len(group), mean, std, diff, se,
+                mean_bytes_up=mean_std([r["bytes_up"] for r in group])[0],
+                mean_node_seconds=mean_std([r["node_seconds"] for r in group])[0],
+                max_epsilon=max(epsilons) if epsilons else None,
+            ))
     return out
 
 
-def selection_frequency(records: Iterable[dict]) -> dict[tuple[str, float, str, bool], dict[str, float]]:
+def selection_frequency(records: Iterable[dict]) -> dict[ArmKey, dict[str, float]]:
     """Share of cohort slots each node got, per federated arm, pooled over seeds and rounds."""
-    counts: dict[tuple[str, float, str, bool], dict[str, int]] = {}
+    counts: dict[ArmKey, dict[str, int]] = {}
     for record in records:
         if record.get("selection_counts"):
             into = counts.setdefault(arm_key(record), defaultdict(int))

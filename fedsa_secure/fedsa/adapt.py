@@ -30,6 +30,7 @@ from fedsa_secure.data.tasks import TARGET_TASKS, target_labels
 from fedsa_secure.fedsa.supervised import accuracy
 from fedsa_secure.models import HeadedBackbone, MultiTaskModel, make_student
 
+DIGIT_ONLY = ("digit",)  # the default target: the probe's own labels, one head
 ProbeLoss = Callable[[object, torch.Tensor], torch.Tensor]  # (model output, labels of the batch) -> scalar loss
 
 
@@ -150,10 +151,34 @@ def adapt(
 
 
 def scratch(
-    probe: LabelledSet, seed: int, recipe: AdaptRecipe | None = None, *, epochs: int | None = None, arch: str = "cnn"
+    probe: LabelledSet,
+    seed: int,
+    recipe: AdaptRecipe | None = None,
+    *,
+    epochs: int | None = None,
+    arch: str = "cnn",
+    tasks: Sequence[str] = DIGIT_ONLY,
 ) -> nn.Module:
-    """The Scratch baseline: a fresh student of architecture `arch` trained on the probe set only, with the adaptation recipe."""
-    return adapt(make_student(probe.num_classes, seed, arch), probe, seed, recipe, epochs=epochs)
+    """The Scratch baseline: a fresh student of architecture `arch` trained on the probe set only, with the adaptation recipe.
+
+    `tasks` as in `adapt_tasks`: a method and its Scratch baseline must predict the same tasks to be compared.
+    """
+    if epochs is not None:
+        recipe = replace(recipe or ADAPT_RECIPE, steps=epochs)
+    return adapt_tasks(make_student(probe.num_classes, seed, arch), probe, seed, tasks, recipe)
+
+
+def adapt_tasks(
+    student: HeadedBackbone, probe: LabelledSet, seed: int, tasks: Sequence[str], recipe: AdaptRecipe | None = None
+) -> nn.Module:
+    """`adapt` for the digit task alone, `adapt_multitask` (one head per task) for any other target tasks.
+
+    The digit task alone keeps `adapt`, so single-task runs stay exactly as they were (ensembles
+    included, which `adapt_multitask` does not build).
+    """
+    if tuple(tasks) == DIGIT_ONLY:
+        return adapt(student, probe, seed, recipe)
+    return adapt_multitask(student, probe, seed, tasks, recipe)
 
 
 def adapt_multitask(
@@ -213,3 +238,8 @@ def evaluate(model: nn.Module, test: LabelledSet) -> float:
 def evaluate_tasks(model: MultiTaskModel, test: LabelledSet) -> dict[str, float]:
     """Top-1 accuracy of every head of a multi-task model on its task's labels of the (digit-labelled) test set."""
     return {t: accuracy(model.view(t), test.x, target_labels(t, test.y)) for t in model.tasks}
+
+
+def task_accuracy(model: nn.Module, test: LabelledSet) -> dict[str, float]:
+    """Accuracy per target task of what `adapt_tasks` returned: every head of a multi-task model, else the digit task."""
+    return evaluate_tasks(model, test) if isinstance(model, MultiTaskModel) else {"digit": evaluate(model, test)}

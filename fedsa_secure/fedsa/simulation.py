@@ -26,8 +26,9 @@ from torch import nn
 
 from fedsa_secure.config import SecAggConfig
 from fedsa_secure.data import LabelledSet, NodeData, federation, task_input
+from fedsa_secure.data.tasks import TARGET_TASKS
 from fedsa_secure.errors import BudgetExhausted
-from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
+from fedsa_secure.fedsa.adapt import DIGIT_ONLY, AdaptRecipe, adapt_tasks, scratch, task_accuracy
 from fedsa_secure.fedsa.amalgamate import apply_update
 from fedsa_secure.fedsa.distill import DPDistiller, DPSettings, FeatureObjective, Objective
 from fedsa_secure.fedsa.nonprivate import PlainTrainer
@@ -36,7 +37,7 @@ from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_pro
 from fedsa_secure.fedsa.secure_sum import secure_sum
 from fedsa_secure.fedsa.select_plus import TEMPERATURE, concentrated_probabilities, output_transferability
 from fedsa_secure.fedsa.teacher import load_or_train_teacher
-from fedsa_secure.models import ConvNet, backbone_state, flatten_state, make_student
+from fedsa_secure.models import STUDENT_ARCHS, ConvNet, backbone_state, flatten_state, make_student
 from fedsa_secure.secagg.messages import QuantizationSpec
 
 SELECTIONS = ("gradcam", "logme", "uniform", "random")  # uniform: every node every round (FedAvg+)
@@ -83,15 +84,25 @@ def federation_teachers(dataset: str, seed: int, cache_dir: Path) -> dict[str, t
     return out
 
 
-def _objective(kind: str, teacher: ConvNet, data: NodeData, probe: LabelledSet, seed: int, plus: PlusSettings) -> Objective:
+def _objective(
+    kind: str, teacher: ConvNet, data: NodeData, probe: LabelledSet, seed: int, plus: PlusSettings, arch: str
+) -> Objective:
     if kind == "features":
-        return FeatureObjective(teacher, data, seed)
-    return OutputObjective(teacher, data, fit_output_map(teacher, data.task, probe), seed, plus.kd)
+        return FeatureObjective(teacher, data, seed, arch=arch)
+    return OutputObjective(teacher, data, fit_output_map(teacher, data.task, probe), seed, plus.kd, arch=arch)
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{what} must be one of {allowed}, got {value!r}")
+
+
+def _check_tasks(tasks: tuple[str, ...]) -> None:
+    """The digit task comes first: the federation's released head serves it and `accuracy` reports it."""
+    if not tasks or tasks[0] != "digit" or len(set(tasks)) != len(tasks):
+        raise ValueError(f"target tasks must be distinct and start with 'digit', got {tasks}")
+    for task in tasks:
+        _check_choice("target task", task, tuple(TARGET_TASKS))
 
 
 def simulate(
@@ -112,6 +123,8 @@ def simulate(
     secagg: SecAggConfig | None = None,
     baseline: nn.Module | None = None,
     eval_every: int = 1,
+    arch: str = "cnn",
+    target_tasks: tuple[str, ...] = DIGIT_ONLY,
 ) -> dict:
     """Run `rounds` rounds of `method` and the Scratch baseline on one seed's split; node seeds derive from `seed`.
 
@@ -119,14 +132,21 @@ def simulate(
     same objective without DP (PlainTrainer) and reports no epsilon. `selection` overrides the
     method's selection mode; `aggregation="secure"` sums the weighted updates through SecAgg with
     `secagg`'s clip and level bits (default SecAggConfig, as the deployed aggregator).
-    `baseline` is this seed's Scratch model if already trained (it is the same for every method).
-    The student is adapted and evaluated every `eval_every` rounds and after the last (accuracy
-    None in between), except under Grad-CAM selection, which needs the adapted student every round.
+    `baseline` is this seed's Scratch model if already trained (it is the same for every method),
+    of the same `arch` and `target_tasks`. The student is adapted and evaluated every `eval_every`
+    rounds and after the last (accuracy None in between), except under Grad-CAM selection, which
+    needs the adapted student every round. `arch` names the student architecture
+    (models.STUDENT_ARCHS) of the proxies, the student and Scratch; `target_tasks` (digit first)
+    gives the adapted student and Scratch one head per task, each task's accuracy reported in
+    `task_accuracy` (`accuracy` stays the digit task's).
     """
     _check_choice("method", method, tuple(METHODS))
     selection = selection or METHODS[method][0]
     _check_choice("selection", selection, SELECTIONS)
     _check_choice("aggregation", aggregation, AGGREGATIONS)
+    _check_choice("arch", arch, tuple(STUDENT_ARCHS))
+    target_tasks = tuple(target_tasks)
+    _check_tasks(target_tasks)
     dp = dp or DPSettings(planned_rounds=rounds)
     plus = plus or PlusSettings()
     recipe = recipe or AdaptRecipe()
@@ -144,7 +164,7 @@ def simulate(
         teachers = federation_teachers(dataset, seed, Path(teacher_cache or tmp))
     for i, name in enumerate(names):
         data, teacher = teachers[name]
-        objective = _objective(METHODS[method][1], teacher, data, probe, seed, plus)
+        objective = _objective(METHODS[method][1], teacher, data, probe, seed, plus, arch)
         trainer: DPDistiller | PlainTrainer
         if private:
             trainer = DPDistiller(teacher, data, dp, seed=seed, mechanism_seed=seed * 1000 + i, objective=objective)
@@ -155,12 +175,13 @@ def simulate(
     adapt_recipe = replace(recipe, fresh_head="head" not in released)
 
     rng = np.random.default_rng(seed)
-    student = make_student(probe.num_classes, seed)
+    student = make_student(probe.num_classes, seed, arch)
     t0 = time.perf_counter()
-    baseline = baseline or scratch(probe, seed, recipe)
-    scratch_accuracy = evaluate(baseline, test)
+    baseline = baseline or scratch(probe, seed, recipe, arch=arch, tasks=target_tasks)
+    scratch_tasks = task_accuracy(baseline, test)
     adapted = baseline  # adapting the untrained student is exactly Scratch: same seed, same recipe
-    history = [{"round": 0, "accuracy": scratch_accuracy, "adapt_seconds": time.perf_counter() - t0}]
+    history = [{"round": 0, "accuracy": scratch_tasks["digit"], "task_accuracy": scratch_tasks,
+                "adapt_seconds": time.perf_counter() - t0}]
     node_seconds = dict.fromkeys(names, 0.0)
     probs = np.full(len(names), 1.0 / len(names))
     scores: dict[str, float] | None = None
@@ -217,8 +238,9 @@ def simulate(
         t0 = time.perf_counter()
         evaluated = r % eval_every == 0 or r == rounds or selection == "gradcam"
         if evaluated:
-            adapted = adapt(student, probe, seed, adapt_recipe)
+            adapted = adapt_tasks(student, probe, seed, target_tasks, adapt_recipe)
         adapt_seconds = time.perf_counter() - t0
+        accuracy = task_accuracy(adapted, test) if evaluated else None
         history.append(
             {
                 "round": r,
@@ -226,7 +248,8 @@ def simulate(
                 "probabilities": dict(zip(names, probs.tolist())),
                 "cohort": cohort,
                 "declined": declined,
-                "accuracy": evaluate(adapted, test) if evaluated else None,
+                "accuracy": accuracy["digit"] if accuracy else None,
+                "task_accuracy": accuracy,
                 "epsilon": {n: nodes[n].trainer.epsilon for n in names} if private else None,
                 "train_seconds": train_seconds,
                 "max_abs_weighted_update": max_weighted,
@@ -239,6 +262,8 @@ def simulate(
         "selection": selection,
         "aggregation": aggregation,
         "dataset": dataset,
+        "arch": arch,
+        "target_tasks": list(target_tasks),
         "probe_budget": probe_budget,
         "private": private,
         "seed": seed,
@@ -247,7 +272,9 @@ def simulate(
         "vector_length": int(flatten_state(backbone_state(student, released)).size),
         "rounds": history,
         "final_accuracy": history[-1]["accuracy"],
-        "scratch_accuracy": scratch_accuracy,
+        "scratch_accuracy": scratch_tasks["digit"],
+        "task_accuracy": history[-1]["task_accuracy"],
+        "scratch_task_accuracy": scratch_tasks,
         "epsilon": {n: nodes[n].trainer.epsilon for n in names} if private else None,
         "selection_counts": {n: sum(n in h["cohort"] for h in history[1:]) for n in names},
         "max_abs_weighted_update": max((h["max_abs_weighted_update"] for h in history[1:]), default=0.0),

@@ -6,17 +6,24 @@ import math
 import pytest
 
 from fedsa_secure.data import PROBE_BUDGETS
+from fedsa_secure.data.tasks import TARGET_TASKS
 from fedsa_secure.errors import ConfigError
 from fedsa_secure.experiment.command import add_parser, grid_from_args
 from fedsa_secure.experiment.report import format_table
-from fedsa_secure.experiment.spec import FEDERATED, QUICK, Grid
+from fedsa_secure.experiment.spec import ARCHS, FEDERATED, QUICK, TASKS, Grid
 from fedsa_secure.experiment.stats import mean_std, paired_difference, selection_frequency, summarise
 from fedsa_secure.fedsa.simulation import METHODS
+from fedsa_secure.models import STUDENT_ARCHS
 
 
-def record(method, seed, accuracy, scratch, secure=False, counts=None, epsilon=None, bytes_up=0):
-    return {"dataset": "mnist5k", "probe_budget": 0.01, "method": method, "seed": seed, "secure": secure,
-            "dp_epsilon": epsilon, "accuracy": accuracy, "scratch_accuracy": scratch, "bytes_up": bytes_up,
+def record(method, seed, accuracy, scratch, secure=False, counts=None, epsilon=None, bytes_up=0, arch="cnn", parity=None):
+    """A grid record; `parity` = (accuracy, Scratch accuracy) on a second target task."""
+    tasks, scratch_tasks = {"digit": accuracy}, {"digit": scratch}
+    if parity:
+        tasks["parity"], scratch_tasks["parity"] = parity
+    return {"dataset": "mnist5k", "probe_budget": 0.01, "arch": arch, "method": method, "seed": seed, "secure": secure,
+            "dp_epsilon": epsilon, "accuracy": accuracy, "scratch_accuracy": scratch, "task_accuracy": tasks,
+            "scratch_task_accuracy": scratch_tasks, "bytes_up": bytes_up,
             "bytes_down": 0, "node_seconds": 1.0, "accuracy_per_round": None, "selection_counts": counts}
 
 
@@ -68,7 +75,7 @@ def test_summarise_refuses_a_seed_twice():
 
 
 def test_selection_frequency_pools_seeds_and_rounds():
-    shares = selection_frequency(grid_records())[("mnist5k", 0.01, "fedsa+", True)]
+    shares = selection_frequency(grid_records())[("mnist5k", 0.01, "cnn", "fedsa+", True)]
     assert shares == pytest.approx({"node-1": 6 / 9, "node-4": 0.0, "node-6": 3 / 9})
 
 
@@ -82,6 +89,7 @@ def test_table_shows_mean_std_and_paired_difference_in_points():
 
 def test_experiment_axes_match_the_simulation_and_data():
     assert set(FEDERATED) == set(METHODS)
+    assert ARCHS == tuple(STUDENT_ARCHS) and TASKS == tuple(TARGET_TASKS)
     assert Grid().budgets == PROBE_BUDGETS
 
 
@@ -92,6 +100,12 @@ def test_grid_refuses_bad_options_with_a_clear_error():
         Grid(budgets=(0.5,))
     with pytest.raises(ConfigError, match="positive rounds"):
         Grid(rounds=0)
+    with pytest.raises(ConfigError, match="unknown or no archs \\['vit'\\]"):
+        Grid(archs=("vit",))
+    with pytest.raises(ConfigError, match="start with digit"):
+        Grid(tasks=("parity", "digit"))
+    with pytest.raises(ConfigError, match="distinct"):
+        Grid(tasks=("digit", "parity", "parity"))
 
 
 def parse(*argv):
@@ -108,3 +122,30 @@ def test_quick_is_a_small_grid_and_options_override_it():
     full = parse()
     assert full.cells() == [("mnist5k", 0.01), ("mnist5k", 0.05), ("mnist5k", 0.1), ("digits", None)]
     assert len(full.seeds) >= 5 and full.runs_per_seed() == 3 + 2 * 4
+
+
+def test_archs_and_tasks_take_commas_or_spaces_and_default_to_the_single_task_cnn():
+    assert parse().archs == ("cnn",) and parse().tasks == ("digit",)
+    grid = parse("--quick", "--archs", "cnn,resnet", "mlp", "--tasks", "digit,parity")
+    assert grid.archs == ("cnn", "resnet", "mlp") and grid.tasks == ("digit", "parity")
+    assert grid.runs_per_seed() == 3 * QUICK.runs_per_seed()
+    with pytest.raises(SystemExit):
+        parse("--archs", "cnn,vit")
+
+
+def test_several_archs_and_tasks_get_their_own_rows_paired_per_task():
+    records = [record("scratch", s, a, a, arch=arch, parity=(p, p))
+               for arch, p in (("cnn", 0.9), ("mlp", 0.8)) for s, a in SCRATCH.items()]
+    records += [record("fedsa+", s, a, SCRATCH[s], secure=True, bytes_up=10, arch="mlp", parity=(0.9, 0.8),
+                       counts={"node-1": 1}) for s, a in FEDSA_PLUS.items()]
+    rows = {(r.arch, r.method, r.task): r for r in summarise(records)}
+    assert len(rows) == 6
+    assert rows[("mlp", "fedsa+", "parity")].mean == pytest.approx(0.9)
+    assert rows[("mlp", "fedsa+", "parity")].diff == pytest.approx(0.1)  # against Scratch's parity, not its digit accuracy
+    assert rows[("mlp", "fedsa+", "digit")].diff == pytest.approx(0.05)
+    table = format_table(records, set(FEDERATED))
+    assert "| arch | method | task | seeds | 0.01: accuracy | 0.01: Δ Scratch (pts) |" in table
+    assert "| mlp | fedsa+ secure | parity | 3 | 0.900 ± 0.000 | 10.0 ± 0.0 |" in table
+    assert "| cnn | scratch | digit | 3 | 0.800 ± 0.100 | 0.0 ± 0.0 |" in table
+    assert table.count("| mlp | fedsa+ secure | 0.01 | 10 |") == 1  # costs once per arm, not once per task
+    assert "| mlp | fedsa+ secure | 0.01 | 100% |" in table
