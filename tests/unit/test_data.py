@@ -115,3 +115,22 @@ def test_mnist5k_parties_are_disjoint_and_node_labels_follow_their_tasks():
     assert mnist_aggregator_data(2)[1].x.shape[1:] == nodes["node-1"].train.x.shape[1:] == (1, 14, 14)
     with pytest.raises(ConfigError, match="node-6"):
         mnist_node_data("node-7", 0)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_skewed_split_keeps_test_and_probe_and_gives_the_digit_teachers_most_records(seed):
+    from fedsa_secure.data import MNIST_NODES, federation
+    from fedsa_secure.data.mnist5k import SKEW_OTHER, SKEW_SUBSET, _split, load_mnist5k
+
+    _, digits = load_mnist5k()
+    plain, skew = _split(seed), _split(seed, skew=True)
+    assert np.array_equal(plain.test, skew.test) and np.array_equal(plain.reserve, skew.reserve)
+    everything = np.concatenate([skew.test, skew.reserve.ravel(), *skew.nodes.values()])
+    assert len(everything) == len(set(everything.tolist())) == 5000  # the whole pool is handed out, once
+    sizes = {n: len(idx) for n, idx in skew.nodes.items()}
+    assert sizes == {n: SKEW_SUBSET if n in ("node-1", "node-2") else SKEW_OTHER for n in MNIST_NODES}
+    assert digits[skew.nodes["node-1"]].max() == 4 and digits[skew.nodes["node-2"]].min() == 5
+    fed_skew, fed = federation("mnist5k-skew"), federation("mnist5k")
+    assert np.array_equal(fed_skew.aggregator(seed, 0.05)[0].x, fed.aggregator(seed, 0.05)[0].x)
+    node = fed_skew.node("node-6", seed)
+    assert node.task == "mod-3" and np.array_equal(node.train.y, digits[skew.nodes["node-6"]] % 3)

@@ -149,3 +149,13 @@ def test_several_archs_and_tasks_get_their_own_rows_paired_per_task():
     assert "| cnn | scratch | digit | 3 | 0.800 ± 0.100 | 0.0 ± 0.0 |" in table
     assert table.count("| mlp | fedsa+ secure | 0.01 | 10 |") == 1  # costs once per arm, not once per task
     assert "| mlp | fedsa+ secure | 0.01 | 100% |" in table
+
+
+def test_experiment_datasets_are_the_federations_and_budgeted_ones_have_budgets():
+    from fedsa_secure.data import FEDERATIONS
+    from fedsa_secure.experiment.spec import BUDGETED, DATASETS, DEFAULT_DATASETS, PROBE_BUDGETS
+
+    assert set(DATASETS) == set(FEDERATIONS) and set(DEFAULT_DATASETS) <= set(DATASETS)
+    assert BUDGETED == tuple(n for n, f in FEDERATIONS.items() if f.probe_budgets)
+    assert all(FEDERATIONS[n].probe_budgets == PROBE_BUDGETS for n in BUDGETED)
+    assert Grid(datasets=("mnist5k-skew", "digits"), budgets=(0.01,)).cells() == [("mnist5k-skew", 0.01), ("digits", None)]
