@@ -89,7 +89,8 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the grid, then write table.md and the plots next to results.json."""
     import torch
 
-    from fedsa_secure.experiment.grid import run_grid, write_text_atomic
+    from fedsa_secure.experiment.grid import run_grid
+    from fedsa_secure.files import atomic_write
     from fedsa_secure.experiment.report import format_table, plot_accuracy_over_rounds, plot_selection
     from fedsa_secure.experiment.stats import summarise
 
@@ -101,7 +102,7 @@ def run_command(args: argparse.Namespace) -> int:
     records = run_grid(grid, out, args.teacher_cache or out / "teachers", lambda line: print(line, flush=True))
     federated = set(FEDERATED)
     table = format_table(records, federated)
-    write_text_atomic(out / "table.md", table + "\n")
+    atomic_write(out / "table.md", table + "\n")
     plot_accuracy_over_rounds(records, out / "accuracy_over_rounds.png")
     plot_selection(records, out / "selection.png")
     print(table)

@@ -9,7 +9,6 @@ comparison is paired, and teacher training is paid once per seed rather than onc
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,6 +23,8 @@ from fedsa_secure.experiment.spec import CENTRAL_FEATURE_WEIGHT, FEDERATED, TARG
 from fedsa_secure.fedsa.adapt import AdaptRecipe, scratch, task_accuracy
 from fedsa_secure.fedsa.distill import DPSettings
 from fedsa_secure.fedsa.simulation import federation_teachers, simulate
+from fedsa_secure.files import atomic_write
+
 
 def probe_fraction(probe_size: int, node_sizes: list[int]) -> float:
     """A fixed probe's budget: its share of the records outside the test set (digits gives all of them to parties)."""
@@ -81,7 +82,7 @@ def run_grid(grid: Grid, out: Path, teacher_cache: Path, progress: Callable[[str
                 for method in grid.methods:
                     for secure in (grid.arms if method in FEDERATED else (False,)):
                         started = time.perf_counter()
-                        record = _run(grid, cell, method, secure, dp, recipe, teacher_cache, scratch_tasks, run_transfer)
+                        record = _run(grid, cell, method, secure, dp, recipe, scratch_tasks, run_transfer)
                         record["scratch_accuracy"] = scratch_tasks["digit"]
                         record["scratch_task_accuracy"] = scratch_tasks
                         record["probe_size"] = len(probe)
@@ -92,7 +93,7 @@ def run_grid(grid: Grid, out: Path, teacher_cache: Path, progress: Callable[[str
     return records
 
 
-def _run(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSettings, recipe: AdaptRecipe, teacher_cache: Path,
+def _run(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSettings, recipe: AdaptRecipe,
          scratch_tasks: dict[str, float], run_transfer: Callable[[], dict]) -> dict:
     """One method's record in `cell` (Scratch's accuracy is known already; Transfer runs once per seed)."""
     key = (cell.dataset, cell.reported_budget, cell.seed, cell.arch, method)
@@ -105,14 +106,13 @@ def _run(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSettings, rec
         result = centralised_ka(cell.teachers, cell.probe, cell.test, cell.seed, recipe, dp,
                                 grid.rounds * grid.local_epochs, CENTRAL_FEATURE_WEIGHT, cell.arch, grid.tasks)
         return _record(*key, False, **_accuracies(result["task_accuracy"]))
-    return _federated(grid, cell, method, secure, dp, recipe, teacher_cache)
+    return _federated(grid, cell, method, secure, dp, recipe)
 
 
-def _federated(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSettings, recipe: AdaptRecipe,
-               teacher_cache: Path) -> dict:
+def _federated(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSettings, recipe: AdaptRecipe) -> dict:
     result = simulate(
         cell.seed, grid.rounds, grid.cohort, dp, method=method, dataset=cell.dataset, probe_budget=cell.budget,
-        private=secure, teacher_cache=teacher_cache, recipe=recipe, aggregation="secure" if secure else "plain",
+        private=secure, teachers=cell.teachers, recipe=recipe, aggregation="secure" if secure else "plain",
         baseline=cell.baseline, eval_every=grid.eval_every, arch=cell.arch, target_tasks=grid.tasks,
     )
     epsilon = max(result["epsilon"].values()) if secure else None
@@ -141,13 +141,6 @@ def progress_line(done: int, total: int, record: dict) -> str:
             f"{record['seconds']:.0f}s")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
-
-
 def write_json_atomic(path: Path, payload: object) -> None:
     """`payload` as indented JSON, written atomically."""
-    write_text_atomic(path, json.dumps(payload, indent=1))
+    atomic_write(path, json.dumps(payload, indent=1))

@@ -8,6 +8,7 @@ comparison of the two means would hide real gains under that variation.
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,10 +38,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (NaN when there is one value)."""
     if not values:
         raise ValueError("mean_std needs at least one value")
-    mean = math.fsum(values) / len(values)
-    if len(values) < 2:
-        return mean, math.nan
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    mean = statistics.fmean(values)
+    return mean, statistics.stdev(values, mean) if len(values) > 1 else math.nan
 
 
 def paired_difference(values: dict[int, float], reference: dict[int, float]) -> tuple[float, float]:

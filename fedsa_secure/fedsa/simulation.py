@@ -118,6 +118,7 @@ def simulate(
     plus: PlusSettings | None = None,
     teacher_cache: Path | None = None,
     recipe: AdaptRecipe | None = None,
+    teachers: dict[str, tuple[NodeData, ConvNet]] | None = None,
     selection: str | None = None,
     aggregation: str = "plain",
     secagg: SecAggConfig | None = None,
@@ -132,7 +133,8 @@ def simulate(
     same objective without DP (PlainTrainer) and reports no epsilon. `selection` overrides the
     method's selection mode; `aggregation="secure"` sums the weighted updates through SecAgg with
     `secagg`'s clip and level bits (default SecAggConfig, as the deployed aggregator).
-    `baseline` is this seed's Scratch model if already trained (it is the same for every method),
+    `teachers` are this seed's `federation_teachers` if already loaded (else trained or read from
+    `teacher_cache`). `baseline` is this seed's Scratch model if already trained (it is the same for every method),
     of the same `arch` and `target_tasks`. The student is adapted and evaluated every `eval_every`
     rounds and after the last (accuracy None in between), except under Grad-CAM selection, which
     needs the adapted student every round. `arch` names the student architecture
@@ -160,8 +162,9 @@ def simulate(
     if eval_every < 1:
         raise ValueError(f"eval_every must be a positive number of rounds, got {eval_every}")
     nodes: dict[str, _Node] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        teachers = federation_teachers(dataset, seed, Path(teacher_cache or tmp))
+    if teachers is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            teachers = federation_teachers(dataset, seed, Path(teacher_cache or tmp))
     for i, name in enumerate(names):
         data, teacher = teachers[name]
         objective = _objective(METHODS[method][1], teacher, data, probe, seed, plus, arch)

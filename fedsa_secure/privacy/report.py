@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from fedsa_secure.files import atomic_write
 from fedsa_secure.privacy.accounting import SECURE_MODE_AVAILABLE, SECURE_MODE_REASON, library_versions
 from fedsa_secure.privacy.crosscheck import ACCOUNTANTS, OPACUS_NAMES, RECOMPUTE_TOLERANCE, crosscheck, epsilon_by, histories
 from fedsa_secure.privacy.ledger import LedgerHead, head_path, read_head, verify_file
@@ -103,16 +103,6 @@ def write_files(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     atomic_write(json_path, json.dumps(report, indent=2, allow_nan=False, default=_json_default) + "\n")
     atomic_write(html_path, render_html(report))
     return json_path, html_path
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file, fsync and rename: a reader sees the old file or the new one, never half."""
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
 
 
 def _json_default(value: Any) -> Any:
