@@ -5,6 +5,8 @@ weighted sum, which it amalgamates into the student. `federation.method` picks t
 faithful `fedsa` (Grad-CAM selection every `select_every` rounds, backbone amalgamated, fresh head
 at adaptation) or `fedsa+` (one LogME selection, since its scores do not depend on the student;
 backbone and target-task head amalgamated, adaptation starting from the amalgamated head).
+Adaptation starts from the mean amalgamated student of the last `average_rounds` rounds
+(fedsa.amalgamate.TailAverage), so the result does not swing with one round's DP noise.
 Each round's amalgamated student is checkpointed under `checkpoints/` (round 0: the initial one).
 """
 
@@ -28,7 +30,7 @@ from fedsa_secure.crypto.rand import random_bytes
 from fedsa_secure.data import LabelledSet, aggregator_data, federation
 from fedsa_secure.errors import AbortRound, BudgetsExhausted, IntegrityError, ProtocolError
 from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
-from fedsa_secure.fedsa.amalgamate import apply_update
+from fedsa_secure.fedsa.amalgamate import TailAverage, apply_update
 from fedsa_secure.fedsa.distill import FeatureObjective
 from fedsa_secure.fedsa.output_kd import OutputKDSettings
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
@@ -99,6 +101,7 @@ class Aggregator:
         self.probe, self.test = aggregator_sets(fed)
         self.student = make_student(num_classes=self.probe.num_classes, seed=fed.seed)
         self.parts = released_parts(fed.method)
+        self.tail = TailAverage(fed.average_rounds, self.parts)
         # fedsa+ amalgamates a target-task head: adaptation fine-tunes it instead of starting afresh.
         self.recipe = AdaptRecipe(fresh_head="head" not in self.parts)
         self.scores: dict[str, float] = {}  # the latest transferability each node reported
@@ -139,7 +142,7 @@ class Aggregator:
                     self.report(self.stopped)
                     break
             if adapted is None or not self.rounds or self.rounds[-1].accuracy is None:
-                adapted = adapt(self.student, self.probe, fed.seed, self.recipe)
+                adapted = adapt(self.tail.averaged(self.student), self.probe, fed.seed, self.recipe)
             accuracy = evaluate(adapted, self.test)
         finally:
             for name in fed.nodes:
@@ -176,8 +179,9 @@ class Aggregator:
             self.report(f"round {number}: aborted, student unchanged: {exc}")
         adapted, accuracy = None, None
         self._checkpoint(number)
+        self.tail.add(self.student)
         if number % fed.adapt_every == 0 or number == fed.rounds:
-            adapted = adapt(self.student, self.probe, fed.seed, self.recipe)
+            adapted = adapt(self.tail.averaged(self.student), self.probe, fed.seed, self.recipe)
             accuracy = evaluate(adapted, self.test)
             self.saliency_model = adapted
             log.info("round %d: adapted after %.2fs", number, time.perf_counter() - started)
@@ -328,6 +332,7 @@ class Aggregator:
             "method": fed.method,
             "dataset": fed.dataset,
             "released": list(self.parts),
+            "average_rounds": fed.average_rounds,
             "vector_length": int(flatten_state(backbone_state(self.student, self.parts)).size),
             "transferability": self.scores,
             "student_accuracy": accuracy,
@@ -357,6 +362,7 @@ class Aggregator:
             "input_shape": list(self.probe.x.shape[1:]),
             "accuracy": summary["student_accuracy"],
             "rounds": summary["rounds"],
+            "average_rounds": self.config.federation.average_rounds,
             "dataset": self.config.federation.dataset,
             "seed": self.config.federation.seed,
         }

@@ -1,6 +1,16 @@
-"""Amalgamation (FedSA step 4): add the securely aggregated weighted update to the student backbone."""
+"""Amalgamation (FedSA step 4): add the securely aggregated weighted update to the student backbone.
+
+`TailAverage` is what adaptation starts from: the mean of the amalgamated student over its last
+few rounds. Every round's sum carries fresh DP noise, so the last round's student alone swings
+by a point or two of accuracy from run to run; averaging iterates (Polyak-Ruppert tail
+averaging) divides that noise's variance by the number of rounds averaged and, being
+post-processing of released sums, costs no privacy.
+"""
 
 from __future__ import annotations
+
+import copy
+from collections import deque
 
 import numpy as np
 from torch import nn
@@ -16,3 +26,27 @@ def apply_update(student: nn.Module, summed_update: np.ndarray, parts: tuple[str
     """
     state = backbone_state(student, parts)
     load_backbone_state(student, unflatten_like(flatten_state(state) + summed_update, state), parts)
+
+
+class TailAverage:
+    """The mean of the amalgamated `parts` over the last `rounds` rounds (1: the latest student as is)."""
+
+    def __init__(self, rounds: int, parts: tuple[str, ...] = (BACKBONE,)) -> None:
+        if rounds < 1:
+            raise ValueError(f"average over at least 1 round, got {rounds}")
+        self.parts = parts
+        self._states: deque[np.ndarray] = deque(maxlen=rounds)
+
+    def add(self, student: nn.Module) -> None:
+        """Record the student after a round's amalgamation (an aborted round records it unchanged)."""
+        self._states.append(flatten_state(backbone_state(student, self.parts)))
+
+    def averaged(self, student: nn.Module) -> nn.Module:
+        """A copy of `student` whose `parts` are the recorded mean; `student` itself if nothing is recorded."""
+        if not self._states:
+            return student
+        template = backbone_state(student, self.parts)
+        mean = np.mean(np.stack(self._states), axis=0, dtype=np.float64).astype(np.float32)
+        average = copy.deepcopy(student)
+        load_backbone_state(average, unflatten_like(mean, template), self.parts)
+        return average

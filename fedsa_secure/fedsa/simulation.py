@@ -29,7 +29,7 @@ from fedsa_secure.data import FEDERATIONS, LabelledSet, NodeData, federation, ta
 from fedsa_secure.data.tasks import TARGET_TASKS
 from fedsa_secure.errors import BudgetExhausted
 from fedsa_secure.fedsa.adapt import DIGIT_ONLY, AdaptRecipe, adapt_tasks, scratch, task_accuracy
-from fedsa_secure.fedsa.amalgamate import apply_update
+from fedsa_secure.fedsa.amalgamate import TailAverage, apply_update
 from fedsa_secure.fedsa.distill import DPDistiller, DPSettings, FeatureObjective, Objective
 from fedsa_secure.fedsa.nonprivate import PlainTrainer
 from fedsa_secure.fedsa.output_kd import OutputKDSettings, OutputObjective, fit_output_map
@@ -126,6 +126,7 @@ def simulate(
     eval_every: int = 1,
     arch: str = "cnn",
     target_tasks: tuple[str, ...] = DIGIT_ONLY,
+    average_rounds: int = 1,
 ) -> dict:
     """Run `rounds` rounds of `method` and the Scratch baseline on one seed's split; node seeds derive from `seed`.
 
@@ -140,7 +141,8 @@ def simulate(
     needs the adapted student every round. `arch` names the student architecture
     (models.STUDENT_ARCHS) of the proxies, the student and Scratch; `target_tasks` (digit first)
     gives the adapted student and Scratch one head per task, each task's accuracy reported in
-    `task_accuracy` (`accuracy` stays the digit task's).
+    `task_accuracy` (`accuracy` stays the digit task's). Adaptation starts from the mean of the
+    amalgamated student over its last `average_rounds` rounds (fedsa.amalgamate.TailAverage).
     """
     _check_choice("method", method, tuple(METHODS))
     selection = selection or METHODS[method][0]
@@ -179,6 +181,7 @@ def simulate(
 
     rng = np.random.default_rng(seed)
     student = make_student(probe.num_classes, seed, arch)
+    tail = TailAverage(average_rounds, released)
     t0 = time.perf_counter()
     baseline = baseline or scratch(probe, seed, recipe, arch=arch, tasks=target_tasks)
     scratch_tasks = task_accuracy(baseline, test)
@@ -237,11 +240,12 @@ def simulate(
                 total = np.sum(list(weighted.values()), axis=0)
                 traffic["bytes_up"] = sum(FLOAT_BYTES * u.size for u in updates.values())
             apply_update(student, total, released)
+        tail.add(student)
 
         t0 = time.perf_counter()
         evaluated = r % eval_every == 0 or r == rounds or selection == "gradcam"
         if evaluated:
-            adapted = adapt_tasks(student, probe, seed, target_tasks, adapt_recipe)
+            adapted = adapt_tasks(tail.averaged(student), probe, seed, target_tasks, adapt_recipe)
         adapt_seconds = time.perf_counter() - t0
         accuracy = task_accuracy(adapted, test) if evaluated else None
         history.append(
@@ -316,6 +320,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cohort", type=int, default=3)
+    parser.add_argument("--average-rounds", type=int, default=1, help="adapt the mean student of this many last rounds")
     parser.add_argument("--json", type=Path, help="write the full per-round results here")
     parser.add_argument("--teacher-cache", type=Path, help="directory to cache teachers in (default: a temporary one)")
     parser.add_argument(
@@ -341,6 +346,7 @@ def main() -> None:
                 s, args.rounds, args.cohort, dp, method=arm.removesuffix("nodp"), dataset=args.dataset,
                 probe_budget=args.budget, private=not arm.endswith("nodp"), plus=plus,
                 teacher_cache=args.teacher_cache, recipe=recipe, aggregation="secure" if args.secure else "plain",
+                average_rounds=args.average_rounds,
             )
             res["arm"] = arm
             results.append(res)
