@@ -23,7 +23,7 @@ from fedsa_secure.secagg.identity import (
     survivors_payload,
     verify_advertisement,
 )
-from fedsa_secure.secagg.masks import mask_and_pack, self_mask_seed, signed_pairwise_seeds
+from fedsa_secure.secagg.masks import SignedSeed, mask_and_pack, self_mask_seed, signed_pairwise_seeds
 from fedsa_secure.secagg.messages import (
     AdvertiseKeys,
     ConsistencyCheckRequest,
@@ -74,6 +74,7 @@ class SecAggClient:
         self._neighbours: frozenset[str] = frozenset()  # graph neighbours that advertised keys
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (b-share, s_sk-share) held by us
         self._sealing: dict[str, bytes] = {}  # neighbour -> AEAD key for share bundles, both directions
+        self._mask_seeds: dict[str, SignedSeed] = {}  # neighbour -> its signed pairwise mask seed
         self._u2: frozenset[str] = frozenset()
         self._u3: tuple[str, ...] | None = None  # the survivor set this node signed
 
@@ -129,6 +130,9 @@ class SecAggClient:
             s_shares = shamir.split(self._mask_private, self.config.threshold, xs, self._random)
             publics = {peer: self._roster[peer].channel_public_key for peer in self._neighbours}
             self._sealing = sealing_keys(self._channel_private, publics, self._session, self.name)
+            # Derived now, off the path from a trained update to its upload: masking then touches only the vector.
+            mask_publics = {peer: self._roster[peer].mask_public_key for peer in self._neighbours}
+            self._mask_seeds = signed_pairwise_seeds(self.name, self._mask_private, mask_publics, self._session)
             sealed = []
             for member, b_share, s_share in zip(members, b_shares, s_shares):
                 if member == self.name:
@@ -142,7 +146,9 @@ class SecAggClient:
     def masked_input(self, delivery: ShareDelivery, vector: np.ndarray) -> MaskedInput:
         """Stage 2: store peers' shares (defining U2), then quantize, mask and pack `vector`."""
         with self._step(Stage.MASKED_INPUT):
-            values = np.asarray(vector, dtype=np.float64)
+            values = np.asarray(vector)
+            if values.dtype not in (np.float32, np.float64):  # float32 updates are quantized as they are, uncopied
+                values = values.astype(np.float64)
             if values.shape != (self.config.vector_length,):
                 raise ProtocolError(
                     f"vector must have shape ({self.config.vector_length},), got {values.shape}"
@@ -153,9 +159,8 @@ class SecAggClient:
                     f"only {len(self._u2)} nodes of {self.name!r}'s neighbourhood shared keys; "
                     f"threshold is {self.config.threshold}"
                 )
-            peers = {peer: self._roster[peer].mask_public_key for peer in self._u2}
             seeds = [(self_mask_seed(self._self_seed, self._session), False)]
-            seeds += signed_pairwise_seeds(self.name, self._mask_private, peers, self._session)
+            seeds += [self._mask_seeds[peer] for peer in sorted(self._u2 - {self.name})]
             packed = mask_and_pack(values, self.config, seeds, self._random.word_reader())
         return MaskedInput(self.name, packed)
 
@@ -244,3 +249,4 @@ class SecAggClient:
         self._channel_private = self._mask_private = self._self_seed = b""
         self._held = {}
         self._sealing = {}
+        self._mask_seeds = {}

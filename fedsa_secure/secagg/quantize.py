@@ -87,7 +87,7 @@ class Quantizer:
         self._integer = np.dtype("<i4") if spec.level_bits < 31 else np.dtype("<u4")
 
     def block(self, part: np.ndarray, out: np.ndarray) -> None:
-        """Quantize float64 `part` (at most BLOCK values) into uint32 `out` of the same size."""
+        """Quantize float32 or float64 `part` (at most BLOCK values) into uint32 `out` of the same size."""
         n = part.size
         scaled, words = self._scaled[:n], self._words[:n]
         np.copyto(words, self._rounding.read_centred(n))  # u - 2**31, as float64

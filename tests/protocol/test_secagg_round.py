@@ -169,7 +169,7 @@ def test_pairwise_masks_cancel() -> None:
     total = np.zeros(1000, dtype=np.uint32)
     for name in names:
         mine = np.zeros(1000, dtype=np.uint32)
-        add_keystreams(mine, signed_pairwise_seeds(name, keys[name][0], publics, b"session"))
+        add_keystreams(mine, list(signed_pairwise_seeds(name, keys[name][0], publics, b"session").values()))
         assert np.count_nonzero(mine) > 990  # each node's own sum is not trivially zero
         total += mine
     assert not total.any()
