@@ -76,10 +76,11 @@ class Quantizer:
     def __init__(self, spec: QuantizationSpec, rounding: KeystreamReader) -> None:
         levels = 1 << spec.level_bits
         self._levels = levels
-        self._scale = float(levels) / (2.0 * spec.clip) * _UNIT
-        self._half = levels / 2.0 * _UNIT  # |x * scale| bound; also the offset onto [0, levels]
+        # Every term is kept divided by 2**32 (exact: a power of two), so the final division is free.
+        self._scale = float(levels) / (2.0 * spec.clip)
+        self._half = levels / 2.0  # |x * scale| bound; also the offset onto [0, levels]
         # The offset, plus 2**32 - 1 of the rounding rule, minus the 2**31 that read_centred takes off u.
-        self._bias = self._half + (_UNIT - 1.0) - 2.0**31
+        self._bias = self._half + (_UNIT - 1.0 - 2.0**31) / _UNIT
         self._rounding = rounding
         self._scaled = np.empty(BLOCK)
         self._words = np.empty(BLOCK)
@@ -90,7 +91,7 @@ class Quantizer:
         """Quantize float32 or float64 `part` (at most BLOCK values) into uint32 `out` of the same size."""
         n = part.size
         scaled, words = self._scaled[:n], self._words[:n]
-        np.copyto(words, self._rounding.read_centred(n))  # u - 2**31, as float64
+        np.multiply(self._rounding.read_centred(n), 1.0 / _UNIT, out=words)  # (u - 2**31) / 2**32, as float64
         np.multiply(part, self._scale, out=scaled)
         try:
             self._round(scaled, words, out)
@@ -104,10 +105,9 @@ class Quantizer:
         self._round(scaled, words, out)
 
     def _round(self, scaled: np.ndarray, words: np.ndarray, out: np.ndarray) -> None:
-        """out = floor((scaled - words + bias) / 2**32); FloatingPointError if a value does not fit."""
+        """out = floor(scaled - words + bias), all in units of 2**32; FloatingPointError if a value does not fit."""
         np.subtract(scaled, words, out=scaled)
         scaled += self._bias
-        scaled *= 1.0 / _UNIT
         with np.errstate(invalid="raise"):
             np.copyto(out.view(self._integer), scaled, casting="unsafe")  # truncation = floor here
 
