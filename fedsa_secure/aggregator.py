@@ -29,7 +29,9 @@ from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.crypto.rand import random_bytes
 from fedsa_secure.data import LabelledSet, aggregator_data, federation
 from fedsa_secure.errors import AbortRound, BudgetsExhausted, IntegrityError, ProtocolError
+from fedsa_secure.experiment.stats import paired_accuracy_difference
 from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
+from fedsa_secure.fedsa.supervised import correct
 from fedsa_secure.fedsa.amalgamate import TailAverage, apply_update
 from fedsa_secure.fedsa.distill import FeatureObjective
 from fedsa_secure.fedsa.output_kd import OutputKDSettings
@@ -117,8 +119,8 @@ class Aggregator:
     def run(self) -> dict[str, Any]:
         fed = self.config.federation
         started = time.perf_counter()
-        self.saliency_model = scratch(self.probe, fed.seed)
-        scratch_accuracy = evaluate(self.saliency_model, self.test)
+        self.saliency_model = scratch_model = scratch(self.probe, fed.seed)
+        scratch_accuracy = evaluate(scratch_model, self.test)
         self.report(
             f"{fed.method} on {fed.dataset}; scratch baseline (student trained on {len(self.probe)} probe labels only): "
             f"accuracy {scratch_accuracy:.4f}"
@@ -144,12 +146,15 @@ class Aggregator:
             if adapted is None or not self.rounds or self.rounds[-1].accuracy is None:
                 adapted = adapt(self.tail.averaged(self.student), self.probe, fed.seed, self.recipe)
             accuracy = evaluate(adapted, self.test)
+            difference = paired_accuracy_difference(
+                correct(adapted, self.test.x, self.test.y), correct(scratch_model, self.test.x, self.test.y)
+            )
         finally:
             for name in fed.nodes:
                 self.server.send(name, msg.Shutdown(reason="run complete"))
             time.sleep(min(2.0, self.config.aggregator.stage_timeout))  # let nodes poll the shutdown
             self.server.stop()
-        summary = self._summary(accuracy, scratch_accuracy, time.perf_counter() - started)
+        summary = self._summary(accuracy, scratch_accuracy, difference, time.perf_counter() - started)
         self._save(adapted, summary)
         return summary
 
@@ -326,7 +331,9 @@ class Aggregator:
             f"accuracy {accuracy} | {record.seconds:.1f}s"
         )
 
-    def _summary(self, accuracy: float, scratch_accuracy: float, seconds: float) -> dict[str, Any]:
+    def _summary(
+        self, accuracy: float, scratch_accuracy: float, difference: tuple[float, float, float], seconds: float
+    ) -> dict[str, Any]:
         fed = self.config.federation
         return {
             "method": fed.method,
@@ -337,6 +344,8 @@ class Aggregator:
             "transferability": self.scores,
             "student_accuracy": accuracy,
             "scratch_accuracy": scratch_accuracy,
+            # on the same test records, with the 95% interval that the test set's size allows
+            "student_minus_scratch": dict(zip(("difference", "low", "high"), difference)),
             "rounds": len(self.rounds),
             "stopped": self.stopped,
             "run_dir": str(self.run_dir.resolve()),

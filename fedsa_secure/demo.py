@@ -155,6 +155,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{'method':<34} {'test accuracy':>13}",
         f"{'Scratch (probe labels only)':<34} {summary['scratch_accuracy']:>13.4f}",
         f"{summary['method'] + ' (DP + SecAgg + mTLS)':<34} {summary['student_accuracy']:>13.4f}",
+        _difference_line(summary["student_minus_scratch"], summary["test_size"]),
         "",
         f"{'node':<10} {'epsilon':>8} {'budget':>8} {'delta':>8} {'rounds trained':>15}",
     ]
@@ -163,3 +164,11 @@ def format_table(summary: dict[str, Any]) -> str:
         for n in summary["nodes"]
     ]
     return "\n".join(rows)
+
+
+def _difference_line(difference: dict[str, float], test_size: int) -> str:
+    points = {k: 100 * v for k, v in difference.items()}
+    return (
+        f"student - Scratch: {points['difference']:+.1f} points (95% interval {points['low']:+.1f} to "
+        f"{points['high']:+.1f}: what {test_size} test records can tell apart)"
+    )

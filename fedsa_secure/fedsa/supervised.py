@@ -36,8 +36,13 @@ def fit_classifier(
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of `model` on (x, y)."""
+def correct(model: nn.Module, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per record of (x, y): did `model`'s top-1 prediction hit the label (bool array)."""
     model.eval()
     pred = model(torch.from_numpy(np.asarray(x, dtype=np.float32))).argmax(dim=1).numpy()
-    return float((pred == np.asarray(y)).mean())
+    return pred == np.asarray(y)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy of `model` on (x, y)."""
+    return float(correct(model, x, y).mean())

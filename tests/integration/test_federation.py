@@ -53,6 +53,9 @@ def test_summary_has_the_promised_fields(federation):
     summary, root = federation
     assert summary["rounds"] == ROUNDS
     assert 0.0 <= summary["student_accuracy"] <= 1.0 and 0.0 <= summary["scratch_accuracy"] <= 1.0
+    difference = summary["student_minus_scratch"]
+    assert difference["difference"] == pytest.approx(summary["student_accuracy"] - summary["scratch_accuracy"], abs=1e-12)
+    assert difference["low"] <= difference["difference"] <= difference["high"]
     assert Path(summary["run_dir"]) == (root / "run").resolve()
     assert {n["name"] for n in summary["nodes"]} == {"node-1", "node-2", "node-3", "node-4"}
     for node in summary["nodes"]:
