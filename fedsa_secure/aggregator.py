@@ -31,12 +31,12 @@ from fedsa_secure.data import LabelledSet, aggregator_data, federation
 from fedsa_secure.errors import AbortRound, BudgetsExhausted, IntegrityError, ProtocolError
 from fedsa_secure.experiment.stats import paired_accuracy_difference
 from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
-from fedsa_secure.fedsa.supervised import correct
 from fedsa_secure.fedsa.amalgamate import TailAverage, apply_update
 from fedsa_secure.fedsa.distill import FeatureObjective
 from fedsa_secure.fedsa.output_kd import OutputKDSettings
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
 from fedsa_secure.fedsa.select_plus import concentrated_probabilities
+from fedsa_secure.fedsa.supervised import correct
 from fedsa_secure.models import backbone_state, flatten_state, make_student
 from fedsa_secure.plots import plot_progress
 from fedsa_secure.secagg import messages as sa

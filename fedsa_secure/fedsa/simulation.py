@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsa_secure.config import SecAggConfig
+from fedsa_secure.config import FederationSection, SecAggConfig
 from fedsa_secure.data import FEDERATIONS, LabelledSet, NodeData, federation, task_input
 from fedsa_secure.data.tasks import TARGET_TASKS
 from fedsa_secure.errors import BudgetExhausted
@@ -126,7 +126,7 @@ def simulate(
     eval_every: int = 1,
     arch: str = "cnn",
     target_tasks: tuple[str, ...] = DIGIT_ONLY,
-    average_rounds: int = 1,
+    average_rounds: int = FederationSection.average_rounds,
 ) -> dict:
     """Run `rounds` rounds of `method` and the Scratch baseline on one seed's split; node seeds derive from `seed`.
 
@@ -320,7 +320,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cohort", type=int, default=3)
-    parser.add_argument("--average-rounds", type=int, default=1, help="adapt the mean student of this many last rounds")
+    parser.add_argument("--average-rounds", type=int, default=FederationSection.average_rounds,
+                        help="adapt the mean student of this many last rounds (1: the last round's student)")
     parser.add_argument("--json", type=Path, help="write the full per-round results here")
     parser.add_argument("--teacher-cache", type=Path, help="directory to cache teachers in (default: a temporary one)")
     parser.add_argument(
