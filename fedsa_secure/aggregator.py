@@ -29,9 +29,9 @@ from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.crypto.rand import random_bytes
 from fedsa_secure.data import LabelledSet, aggregator_data, federation
 from fedsa_secure.errors import AbortRound, BudgetsExhausted, IntegrityError, ProtocolError
-from fedsa_secure.experiment.stats import paired_accuracy_difference
 from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
 from fedsa_secure.fedsa.amalgamate import TailAverage, apply_update
+from fedsa_secure.fedsa.compare import paired_accuracy_difference
 from fedsa_secure.fedsa.distill import FeatureObjective
 from fedsa_secure.fedsa.output_kd import OutputKDSettings
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
@@ -184,7 +184,8 @@ class Aggregator:
             self.report(f"round {number}: aborted, student unchanged: {exc}")
         adapted, accuracy = None, None
         self._checkpoint(number)
-        self.tail.add(self.student)
+        if aborted is None:
+            self.tail.add(self.student)
         if number % fed.adapt_every == 0 or number == fed.rounds:
             adapted = adapt(self.tail.averaged(self.student), self.probe, fed.seed, self.recipe)
             accuracy = evaluate(adapted, self.test)
@@ -344,7 +345,7 @@ class Aggregator:
             "transferability": self.scores,
             "student_accuracy": accuracy,
             "scratch_accuracy": scratch_accuracy,
-            # on the same test records, with the 95% interval that the test set's size allows
+            # on the same test records, with the exact 95% interval that the test set's size allows
             "student_minus_scratch": dict(zip(("difference", "low", "high"), difference)),
             "rounds": len(self.rounds),
             "stopped": self.stopped,

@@ -169,6 +169,6 @@ def format_table(summary: dict[str, Any]) -> str:
 def _difference_line(difference: dict[str, float], test_size: int) -> str:
     points = {k: 100 * v for k, v in difference.items()}
     return (
-        f"student - Scratch: {points['difference']:+.1f} points (95% interval {points['low']:+.1f} to "
-        f"{points['high']:+.1f}: what {test_size} test records can tell apart)"
+        f"student - Scratch: {points['difference']:+.1f} points on these {test_size} test records "
+        f"(exact 95% interval {points['low']:+.1f} to {points['high']:+.1f}; a rerun adds DP noise on top)"
     )

@@ -125,7 +125,7 @@ def _federated(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSetting
         cohorts=[h["cohort"] for h in result["rounds"][1:]],
         protocol_bytes_up=result["protocol_bytes_up"], vector_length=result["vector_length"],
         secagg=result["secagg"], dp_target_epsilon=TARGET_EPSILON if secure else None,
-        max_abs_weighted_update=result["max_abs_weighted_update"],
+        max_abs_weighted_update=result["max_abs_weighted_update"], average_rounds=result["average_rounds"],
     )
 
 

@@ -51,20 +51,6 @@ def paired_difference(values: dict[int, float], reference: dict[int, float]) -> 
     return mean, std / math.sqrt(len(values))
 
 
-def paired_accuracy_difference(hits: Sequence[bool], reference_hits: Sequence[bool]) -> tuple[float, float, float]:
-    """Accuracy of one model minus another's on the same test records, with a 95% interval.
-
-    Paired record by record (normal approximation to the mean of hit - reference_hit), so it
-    says how much of a difference the test set's size alone can produce: on a few hundred
-    records two equally good models often differ by a point or more.
-    """
-    if len(hits) != len(reference_hits) or len(hits) < 2:
-        raise ValueError("need the same two or more test records for both models")
-    diff, std = mean_std([float(a) - float(b) for a, b in zip(hits, reference_hits)])
-    half_width = 1.96 * std / math.sqrt(len(hits))
-    return diff, diff - half_width, diff + half_width
-
-
 ArmKey = tuple[str, float, str, str, bool]  # dataset, probe budget, student architecture, method, secure
 
 

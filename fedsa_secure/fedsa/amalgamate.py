@@ -1,10 +1,14 @@
 """Amalgamation (FedSA step 4): add the securely aggregated weighted update to the student backbone.
 
 `TailAverage` is what adaptation starts from: the mean of the amalgamated student over its last
-few rounds. Every round's sum carries fresh DP noise, so the last round's student alone swings
-by a point or two of accuracy from run to run; averaging iterates (Polyak-Ruppert tail
-averaging) divides that noise's variance by the number of rounds averaged and, being
-post-processing of released sums, costs no privacy.
+few rounds (Polyak-Ruppert tail averaging). Every round's sum carries fresh DP noise and the
+student accumulates it, so the last round's student swings from run to run; the mean of the
+last N iterates carries less of that noise (not N times less: the iterates share the noise of
+earlier rounds; for a pure random walk over N = 5 rounds the variance falls from 5 to 2.2
+rounds' worth). Measured on digits over 20 seeds: the spread of student minus Scratch fell from
+1.7 to 1.15 points at the same mean. It is post-processing of released sums: no privacy cost.
+With the defaults (5 rounds, N = 5) the whole run is averaged, round 1 included; `fedsa`'s
+Grad-CAM selection uses the adapted mean as its student model.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class TailAverage:
         self._states: deque[np.ndarray] = deque(maxlen=rounds)
 
     def add(self, student: nn.Module) -> None:
-        """Record the student after a round's amalgamation (an aborted round records it unchanged)."""
+        """Record the student after a round's amalgamation (not after a round that changed nothing)."""
         self._states.append(flatten_state(backbone_state(student, self.parts)))
 
     def averaged(self, student: nn.Module) -> nn.Module:

@@ -240,7 +240,7 @@ def simulate(
                 total = np.sum(list(weighted.values()), axis=0)
                 traffic["bytes_up"] = sum(FLOAT_BYTES * u.size for u in updates.values())
             apply_update(student, total, released)
-        tail.add(student)
+            tail.add(student)
 
         t0 = time.perf_counter()
         evaluated = r % eval_every == 0 or r == rounds or selection == "gradcam"
@@ -276,6 +276,7 @@ def simulate(
         "seed": seed,
         "dp": vars(dp),
         "secagg": {"clip": spec.clip, "level_bits": spec.level_bits} if aggregation == "secure" else None,
+        "average_rounds": average_rounds,
         "vector_length": int(flatten_state(backbone_state(student, released)).size),
         "rounds": history,
         "final_accuracy": history[-1]["accuracy"],

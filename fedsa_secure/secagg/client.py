@@ -23,7 +23,7 @@ from fedsa_secure.secagg.identity import (
     survivors_payload,
     verify_advertisement,
 )
-from fedsa_secure.secagg.masks import SignedSeed, mask_and_pack, self_mask_seed, signed_pairwise_seeds
+from fedsa_secure.secagg.masks import mask_and_pack, self_mask_seed, signed_pairwise_seeds
 from fedsa_secure.secagg.messages import (
     AdvertiseKeys,
     ConsistencyCheckRequest,
@@ -74,7 +74,6 @@ class SecAggClient:
         self._neighbours: frozenset[str] = frozenset()  # graph neighbours that advertised keys
         self._held: dict[str, tuple[bytes, bytes]] = {}  # owner -> (b-share, s_sk-share) held by us
         self._sealing: dict[str, bytes] = {}  # neighbour -> AEAD key for share bundles, both directions
-        self._mask_seeds: dict[str, SignedSeed] = {}  # neighbour -> its signed pairwise mask seed
         self._u2: frozenset[str] = frozenset()
         self._u3: tuple[str, ...] | None = None  # the survivor set this node signed
 
@@ -98,6 +97,7 @@ class SecAggClient:
             yield
         except BaseException:
             self._guard.abort()
+            self._forget_secrets()  # an aborted round never resumes
             raise
         self._guard.advance()
 
@@ -130,9 +130,6 @@ class SecAggClient:
             s_shares = shamir.split(self._mask_private, self.config.threshold, xs, self._random)
             publics = {peer: self._roster[peer].channel_public_key for peer in self._neighbours}
             self._sealing = sealing_keys(self._channel_private, publics, self._session, self.name)
-            # Derived now, off the path from a trained update to its upload: masking then touches only the vector.
-            mask_publics = {peer: self._roster[peer].mask_public_key for peer in self._neighbours}
-            self._mask_seeds = signed_pairwise_seeds(self.name, self._mask_private, mask_publics, self._session)
             sealed = []
             for member, b_share, s_share in zip(members, b_shares, s_shares):
                 if member == self.name:
@@ -159,9 +156,13 @@ class SecAggClient:
                     f"only {len(self._u2)} nodes of {self.name!r}'s neighbourhood shared keys; "
                     f"threshold is {self.config.threshold}"
                 )
+            peers = {peer: self._roster[peer].mask_public_key for peer in self._u2}
             seeds = [(self_mask_seed(self._self_seed, self._session), False)]
-            seeds += [self._mask_seeds[peer] for peer in sorted(self._u2 - {self.name})]
+            seeds += signed_pairwise_seeds(self.name, self._mask_private, peers, self._session)
             packed = mask_and_pack(values, self.config, seeds, self._random.word_reader())
+            # Unmasking needs only the shares held: the keys and the self-mask seed go now.
+            self._channel_private = self._mask_private = self._self_seed = b""
+            self._sealing = {}
         return MaskedInput(self.name, packed)
 
     def consistency_check(self, request: ConsistencyCheckRequest) -> ConsistencyCheckResponse:
@@ -249,4 +250,3 @@ class SecAggClient:
         self._channel_private = self._mask_private = self._self_seed = b""
         self._held = {}
         self._sealing = {}
-        self._mask_seeds = {}

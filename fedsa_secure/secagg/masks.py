@@ -43,17 +43,17 @@ def pairwise_seed(secret: bytes, session: bytes, me: str, peer: str) -> bytes:
 
 def signed_pairwise_seeds(
     me: str, mask_private: bytes, peer_publics: Mapping[str, bytes], session: bytes
-) -> dict[str, SignedSeed]:
-    """For each peer j != me, in sorted order: j -> (s_ij, subtract) with subtract iff j sorts before me."""
+) -> list[SignedSeed]:
+    """For each peer j != me: (s_ij, subtract) with subtract iff j sorts before me."""
     peers = sorted(peer for peer in peer_publics if peer != me)
     secrets = shared_secrets(mask_private, [peer_publics[peer] for peer in peers])
-    return {peer: (pairwise_seed(secret, session, me, peer), peer < me) for peer, secret in zip(peers, secrets)}
+    return [(pairwise_seed(secret, session, me, peer), peer < me) for peer, secret in zip(peers, secrets)]
 
 
 def mask_and_pack(
     values: np.ndarray, config: RoundConfig, seeds: Sequence[SignedSeed], rounding: KeystreamReader
 ) -> bytes:
-    """Quantize, add the signed mask streams, reduce mod 2**b and bit-pack `values` (float32 or float64, 1-D).
+    """Quantize, add the signed mask streams, reduce mod 2**b and bit-pack `values` (float64, 1-D).
 
     Done block by block so each block passes through all steps while it is in cache: the
     whole-vector passes, not AES, dominated the cost of masking. `rounding` supplies the

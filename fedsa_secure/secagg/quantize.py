@@ -76,7 +76,8 @@ class Quantizer:
     def __init__(self, spec: QuantizationSpec, rounding: KeystreamReader) -> None:
         levels = 1 << spec.level_bits
         self._levels = levels
-        # Every term is kept divided by 2**32 (exact: a power of two), so the final division is free.
+        # Every term is kept in levels, i.e. the units of the rule below divided by 2**32 (exact: a
+        # power of two), so the rule's final division by 2**32 costs no pass.
         self._scale = float(levels) / (2.0 * spec.clip)
         self._half = levels / 2.0  # |x * scale| bound; also the offset onto [0, levels]
         # The offset, plus 2**32 - 1 of the rounding rule, minus the 2**31 that read_centred takes off u.
@@ -92,7 +93,7 @@ class Quantizer:
         n = part.size
         scaled, words = self._scaled[:n], self._words[:n]
         np.multiply(self._rounding.read_centred(n), 1.0 / _UNIT, out=words)  # (u - 2**31) / 2**32, as float64
-        np.multiply(part, self._scale, out=scaled)
+        np.multiply(part, self._scale, out=scaled, dtype=np.float64)  # float32 input: widen first, then scale
         try:
             self._round(scaled, words, out)
         except FloatingPointError:  # the cast overflowed or met NaN
@@ -100,12 +101,12 @@ class Quantizer:
         else:
             if out.max(initial=0) <= self._levels:
                 return
-        np.multiply(part, self._scale, out=scaled)
+        np.multiply(part, self._scale, out=scaled, dtype=np.float64)
         self._clip(part, scaled)
         self._round(scaled, words, out)
 
     def _round(self, scaled: np.ndarray, words: np.ndarray, out: np.ndarray) -> None:
-        """out = floor(scaled - words + bias), all in units of 2**32; FloatingPointError if a value does not fit."""
+        """out = floor(scaled - words + bias), all in levels; FloatingPointError if a value does not fit."""
         np.subtract(scaled, words, out=scaled)
         scaled += self._bias
         with np.errstate(invalid="raise"):

@@ -256,7 +256,7 @@ class SecAggServer:
                 k: self._advertisements[k].mask_public_key for k in self._graph[owner] & set(request.survivors)
             }
             # Survivor k added sign_k(d)*PRG(s_kd) = -sign_d(k)*PRG(s_dk): adding d's signed sum cancels it.
-            seeds += signed_pairwise_seeds(owner, mask_private, survivor_keys, self._session).values()
+            seeds += signed_pairwise_seeds(owner, mask_private, survivor_keys, self._session)
         return seeds
 
     def _recover(

@@ -2,11 +2,10 @@
 
 What the code intends (secagg/sealing.py, secagg/masks.py): in ShareKeys a client agrees once
 per neighbour that advertised keys, with its channel key, and keeps the resulting sealing key;
-it also agrees once per such neighbour with its mask key and keeps the pairwise mask seeds, so
-that masking (MaskedInput) needs no agreement at all: it opens its neighbours' bundles with the
-kept sealing keys and uses the seeds of the members of its U2. So a client with k neighbours
-performs k agreements for sealing plus k for masking, 2k in all, where deriving the sealing key
-afresh for opening would take 3k. The server agrees once per surviving
+in MaskedInput it opens its neighbours' bundles with those kept keys (no agreement) and agrees
+once per other member of its U2 with its mask key for the pairwise masks. So a client with k
+neighbours that all stay performs k agreements for sealing plus k for masking, 2k in all, where
+deriving the sealing key afresh for opening would take 3k. The server agrees once per surviving
 neighbour of each node dropped after ShareKeys, and not at all without dropouts.
 """
 
@@ -71,7 +70,7 @@ def _config(n: int, degree: int) -> RoundConfig:
 
 
 @pytest.mark.parametrize(("n", "degree"), [(10, 4), (9, 6), (6, 0)])
-def test_each_client_agrees_k_times_for_sealing_and_k_for_masks_all_in_share_keys(
+def test_each_client_agrees_k_times_for_sealing_and_k_for_masking(
     n: int, degree: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = _config(n, degree)
@@ -89,23 +88,24 @@ def test_each_client_agrees_k_times_for_sealing_and_k_for_masks_all_in_share_key
         shares, calls, exchanges = spy.during(lambda: client.share_keys(roster))
         peers = {share.recipient for share in shares.shares}
         assert len(peers) == k
-        # Two calls: the channel key against the neighbours' channel keys (sealing), then the
-        # mask key against their mask keys (pairwise masks, derived before the update exists).
-        assert [(module, len(publics)) for module, _, publics in calls] == [("sealing", k), ("masks", k)]
+        # One call, with the channel key, against exactly the neighbours' channel keys.
+        assert [(module, len(publics)) for module, _, publics in calls] == [("sealing", k)]
         assert calls[0][1] == client._channel_private  # noqa: SLF001
         assert set(calls[0][2]) == {ads[peer].channel_public_key for peer in peers}
-        assert calls[1][1] == client._mask_private  # noqa: SLF001
-        assert set(calls[1][2]) == {ads[peer].mask_public_key for peer in peers}
-        assert exchanges == 2 * k
+        assert exchanges == k
         server.receive_shares(shares)
     deliveries = server.deliveries()
     rng = np.random.default_rng(0)
     for name, client in clients.items():
+        mask_private = client._mask_private  # noqa: SLF001
         masked, calls, exchanges = spy.during(lambda: client.masked_input(deliveries[name], rng.uniform(-1, 1, 64)))
         peers = {share.sender for share in deliveries[name].shares}
         assert len(peers) == k and client.u2 == peers | {name}
-        # Opening k bundles reuses the kept sealing keys and the masks' seeds are ready: no agreement.
-        assert calls == [] and exchanges == 0
+        # Opening k bundles reuses the kept keys: the only agreements are the k pairwise masks.
+        assert [(module, len(publics)) for module, _, publics in calls] == [("masks", k)]
+        assert calls[0][1] == mask_private
+        assert set(calls[0][2]) == {ads[peer].mask_public_key for peer in peers}
+        assert exchanges == k
         server.receive_masked(masked)
     check = server.consistency_request()
     for client in clients.values():
@@ -119,9 +119,9 @@ def test_each_client_agrees_k_times_for_sealing_and_k_for_masks_all_in_share_key
 
 
 def test_dropouts_change_the_counts_as_intended(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A neighbour gone after AdvertiseKeys still gets a sealed bundle and a mask seed (2k
-    agreements in ShareKeys) but is missing from U2, so its seed is not used; for a node gone
-    after ShareKeys the server agrees once per neighbour of it that survived."""
+    """A neighbour gone after AdvertiseKeys still gets a sealed bundle (k agreements) but is
+    missing from U2 (k-1 masking agreements); for a node gone after ShareKeys the server agrees
+    once per neighbour of it that survived."""
     config = _config(10, 4)
     spy = Agreements(monkeypatch)
     server = SecAggServer(config)
@@ -134,7 +134,7 @@ def test_dropouts_change_the_counts_as_intended(monkeypatch: pytest.MonkeyPatch)
     for name, client in clients.items():
         if name != absent:
             sent[name], _, exchanges = spy.during(lambda: client.share_keys(roster))
-            assert exchanges == 2 * 4
+            assert exchanges == 4
             server.receive_shares(sent[name])
     deliveries = server.deliveries()
     graph = neighbours(config, session_id(config, roster.advertisements))
@@ -143,7 +143,7 @@ def test_dropouts_change_the_counts_as_intended(monkeypatch: pytest.MonkeyPatch)
         if name in (absent, gone):
             continue
         masked, _, exchanges = spy.during(lambda: client.masked_input(deliveries[name], np.zeros(64)))
-        assert exchanges == 0 and len(client.u2) - 1 == (3 if absent in graph[name] else 4)
+        assert exchanges == (3 if absent in graph[name] else 4) == len(client.u2) - 1
         server.receive_masked(masked)
     check = server.consistency_request()
     for name in check.survivors:

@@ -169,7 +169,7 @@ def test_pairwise_masks_cancel() -> None:
     total = np.zeros(1000, dtype=np.uint32)
     for name in names:
         mine = np.zeros(1000, dtype=np.uint32)
-        add_keystreams(mine, list(signed_pairwise_seeds(name, keys[name][0], publics, b"session").values()))
+        add_keystreams(mine, signed_pairwise_seeds(name, keys[name][0], publics, b"session"))
         assert np.count_nonzero(mine) > 990  # each node's own sum is not trivially zero
         total += mine
     assert not total.any()
@@ -511,3 +511,30 @@ def test_secagg_plus_threshold_is_per_neighbourhood() -> None:
         SecAggServer(replace(good, threshold=2))  # 2t must exceed k+1 = 5
     with pytest.raises(ProtocolError, match="even n"):
         SecAggServer(replace(make_config(11, 6, 8), degree=3))
+
+
+def _secrets(client: SecAggClient) -> dict[str, object]:
+    return {
+        "channel key": client._channel_private,  # noqa: SLF001 - checking what the client still holds
+        "mask key": client._mask_private,  # noqa: SLF001
+        "self-mask seed": client._self_seed,  # noqa: SLF001
+        "sealing keys": client._sealing,  # noqa: SLF001
+        "held shares": client._held,  # noqa: SLF001
+    }
+
+
+def test_keys_and_seed_are_dropped_once_masked_and_everything_on_abort() -> None:
+    """After MaskedInput only the held shares are needed (for Unmask); an aborted client keeps nothing."""
+    config = make_config(3, 2, 4)
+    server, clients, deliveries = _through_share_keys(config)
+    masked = clients["node00"].masked_input(deliveries["node00"], np.zeros(4))
+    server.receive_masked(masked)
+    left = {name: bool(value) for name, value in _secrets(clients["node00"]).items()}
+    assert left == {"channel key": False, "mask key": False, "self-mask seed": False, "sealing keys": False, "held shares": True}
+
+    flipped = bytearray(deliveries["node01"].shares[0].ciphertext)
+    flipped[20] ^= 1
+    first = replace(deliveries["node01"].shares[0], ciphertext=bytes(flipped))
+    with pytest.raises(IntegrityError):
+        clients["node01"].masked_input(ShareDelivery((first,) + deliveries["node01"].shares[1:]), np.zeros(4))
+    assert not any(_secrets(clients["node01"]).values())

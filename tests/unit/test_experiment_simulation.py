@@ -118,3 +118,14 @@ def test_grid_records_carry_arch_and_task_accuracy_and_the_table_splits_them(tea
     table = format_table(records, set(FEDERATED))
     assert "| arch | method | task | seeds |" in table and "| mlp | fedsa+ plain | parity | 1 |" in table
     assert "| arch | method | budget | mean bytes up |" in table
+
+
+def test_tail_averaging_changes_only_what_adaptation_starts_from(teachers):
+    """Same seed, same updates: round 1 has one state to average either way; by round 2 the mean of
+    two states gives another adapted student, and each result says how it was made."""
+    runs = {n: simulate(0, 2, method="fedsa+", dataset="digits", private=False, teacher_cache=teachers,
+                        average_rounds=n, selection="uniform") for n in (1, 2)}
+    assert [r["average_rounds"] for r in runs.values()] == [1, 2]
+    assert runs[1]["rounds"][1]["accuracy"] == runs[2]["rounds"][1]["accuracy"]
+    assert runs[1]["rounds"][2]["max_abs_weighted_update"] == runs[2]["rounds"][2]["max_abs_weighted_update"]
+    assert runs[1]["rounds"][2]["accuracy"] != runs[2]["rounds"][2]["accuracy"]

@@ -13,7 +13,6 @@ from fedsa_secure.experiment.report import format_table
 from fedsa_secure.experiment.spec import ARCHS, FEDERATED, QUICK, TASKS, Grid
 from fedsa_secure.experiment.stats import (
     mean_std,
-    paired_accuracy_difference,
     paired_difference,
     selection_frequency,
     summarise,
@@ -166,13 +165,3 @@ def test_experiment_datasets_are_the_federations_and_budgeted_ones_have_budgets(
     assert all(FEDERATIONS[n].probe_budgets == PROBE_BUDGETS for n in BUDGETED)
     assert Grid(datasets=("mnist5k-skew", "digits"), budgets=(0.01,)).cells() == [("mnist5k-skew", 0.01), ("digits", None)]
 
-
-def test_paired_accuracy_difference_pairs_records_and_gives_a_95_percent_interval():
-    student = [True] * 90 + [False] * 10
-    reference = [True] * 88 + [False] * 2 + [True] * 2 + [False] * 8  # 4 disagreements, net +0
-    half = 1.96 * math.sqrt(4 / 99) / 10  # sample std of four +-1 among 100 records, over sqrt(100)
-    assert paired_accuracy_difference(student, reference) == (0.0, pytest.approx(-half), pytest.approx(half))
-    diff, low, high = paired_accuracy_difference([True] * 3 + [False], [False] * 4)
-    assert diff == 0.75 and low < 0.75 < high
-    with pytest.raises(ValueError, match="same two or more"):
-        paired_accuracy_difference([True], [True, False])

@@ -140,8 +140,10 @@ def test_nan_and_infinities_are_refused_wherever_they_are(bad: float, position: 
         quantize_blocks(x, spec)
 
 
-def test_a_float32_vector_quantizes_exactly_as_its_float64_copy():
-    """Nodes hand their float32 updates to masking uncopied; the result must not depend on the dtype."""
-    spec = QuantizationSpec(0.5, 16)
-    x = np.random.default_rng(3).uniform(-0.6, 0.6, BLOCK + 1000).astype(np.float32)  # some beyond clip
+@pytest.mark.parametrize(("clip", "level_bits"), [(0.5, 16), (0.3, 16), (0.1, 20), (0.3, 24)])
+def test_a_float32_vector_quantizes_exactly_as_its_float64_copy(clip, level_bits):
+    """Nodes hand their float32 updates to masking uncopied; the result must not depend on the dtype
+    (a clip that is not a power of two makes the scale inexact in float32)."""
+    spec = QuantizationSpec(clip, level_bits)
+    x = np.random.default_rng(3).uniform(-1.2 * clip, 1.2 * clip, BLOCK + 1000).astype(np.float32)  # some beyond clip
     np.testing.assert_array_equal(quantize_blocks(x, spec), quantize_blocks(x.astype(np.float64), spec))
