@@ -119,8 +119,9 @@ class Aggregator:
     def run(self) -> dict[str, Any]:
         fed = self.config.federation
         started = time.perf_counter()
-        self.saliency_model = scratch_model = scratch(self.probe, fed.seed)
-        scratch_accuracy = evaluate(scratch_model, self.test)
+        self.saliency_model = scratch(self.probe, fed.seed)
+        scratch_hits = correct(self.saliency_model, self.test.x, self.test.y)
+        scratch_accuracy = float(scratch_hits.mean())
         self.report(
             f"{fed.method} on {fed.dataset}; scratch baseline (student trained on {len(self.probe)} probe labels only): "
             f"accuracy {scratch_accuracy:.4f}"
@@ -145,10 +146,9 @@ class Aggregator:
                     break
             if adapted is None or not self.rounds or self.rounds[-1].accuracy is None:
                 adapted = adapt(self.tail.averaged(self.student), self.probe, fed.seed, self.recipe)
-            accuracy = evaluate(adapted, self.test)
-            difference = paired_accuracy_difference(
-                correct(adapted, self.test.x, self.test.y), correct(scratch_model, self.test.x, self.test.y)
-            )
+            hits = correct(adapted, self.test.x, self.test.y)
+            accuracy = float(hits.mean())
+            difference = paired_accuracy_difference(hits, scratch_hits)
         finally:
             for name in fed.nodes:
                 self.server.send(name, msg.Shutdown(reason="run complete"))

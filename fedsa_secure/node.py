@@ -199,7 +199,7 @@ class Node:
             "%s: round %d trained in %.1fs, loss %.4f, epsilon %.3f",
             self.name, request.round, time.perf_counter() - started, result.train_loss, result.epsilon,
         )
-        self._update = result.update.astype(np.float32) * np.float32(request.weight)  # float32 all the way into masking
+        self._update = result.update.astype(np.float32, copy=False) * np.float32(request.weight)  # float32 into masking
         if self.dump_dir is not None:
             Path(self.dump_dir).mkdir(parents=True, exist_ok=True)
             np.save(Path(self.dump_dir) / f"update-r{request.round}-{self.name}.npy", self._update)

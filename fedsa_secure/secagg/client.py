@@ -160,9 +160,7 @@ class SecAggClient:
             seeds = [(self_mask_seed(self._self_seed, self._session), False)]
             seeds += signed_pairwise_seeds(self.name, self._mask_private, peers, self._session)
             packed = mask_and_pack(values, self.config, seeds, self._random.word_reader())
-            # Unmasking needs only the shares held: the keys and the self-mask seed go now.
-            self._channel_private = self._mask_private = self._self_seed = b""
-            self._sealing = {}
+            self._forget_keys()  # unmasking needs only the shares held
         return MaskedInput(self.name, packed)
 
     def consistency_check(self, request: ConsistencyCheckRequest) -> ConsistencyCheckResponse:
@@ -245,8 +243,12 @@ class SecAggClient:
             self._held[share.sender] = open_with_key(key, self._session, share.sender, self.name, share.ciphertext)
         self._u2 = frozenset(self._held)
 
-    def _forget_secrets(self) -> None:
-        """Drop references to key material once the round no longer needs it."""
+    def _forget_keys(self) -> None:
+        """Drop the key pairs, the self-mask seed and the sealing keys: nothing after masking needs them."""
         self._channel_private = self._mask_private = self._self_seed = b""
-        self._held = {}
         self._sealing = {}
+
+    def _forget_secrets(self) -> None:
+        """Drop every reference to key material and shares once the round no longer needs them."""
+        self._forget_keys()
+        self._held = {}
