@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
                            "fedsa+: ours (LogME selection, output distillation)")
     demo.add_argument("--dataset", choices=DATASETS, default="digits",
                       help="digits: load_digits, 4 nodes (default); mnist5k: MNIST 5,000-image subset, 6 nodes; "
-                           "mnist5k-skew: the same with the digit teachers holding most records")
+                           "mnist5k-skew: the same with the digit teachers holding most records; "
+                           "mnist1d: generated 1-D digits, every node holding 1,000-3,000 records")
     demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     demo.add_argument("--planned-rounds", type=int, metavar="N",
                       help="rounds each node calibrates its DP noise for (default: --rounds); "

@@ -52,8 +52,8 @@ class AggregatorSection:
     stage_timeout: float = field(default=120.0, metadata=_range(1, 86_400))
 
 
-DATASETS = ("digits", "mnist5k", "mnist5k-skew")  # the names of fedsa_secure.data.FEDERATIONS
-BUDGETED = ("mnist5k", "mnist5k-skew")  # the federations whose probe is set by a budget
+DATASETS = ("digits", "mnist5k", "mnist5k-skew", "mnist1d")  # the names of fedsa_secure.data.FEDERATIONS
+BUDGETED = ("mnist5k", "mnist5k-skew", "mnist1d")  # the federations whose probe is set by a budget
 METHODS = ("fedsa", "fedsa+")  # faithful FedSA; ours: LogME selection and output distillation (issue 5)
 
 
@@ -140,7 +140,7 @@ def load_aggregator_config(path: Path) -> AggregatorConfig:
         )
     if fed.probe_budget is not None and fed.dataset not in BUDGETED:
         raise ConfigError(
-            f"{path}: federation.probe_budget applies to the {' and '.join(BUDGETED)} datasets only; "
+            f"{path}: federation.probe_budget applies to the {', '.join(BUDGETED)} datasets only; "
             f"the {fed.dataset} probe is set by federation.probe_per_class"
         )
     if not fed.min_cohort <= config.threshold <= fed.cohort_size:

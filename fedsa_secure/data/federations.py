@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fedsa_secure.data.digits import DEMO_NODES, LabelledSet, NodeData, aggregator_data, node_data
+from fedsa_secure.data.mnist1d import mnist1d_aggregator_data, mnist1d_node_data
 from fedsa_secure.data.mnist5k import MNIST_NODES, PROBE_BUDGETS, mnist_aggregator_data, mnist_node_data
 from fedsa_secure.errors import ConfigError
 
@@ -34,6 +35,10 @@ def _mnist_aggregator(seed: int, probe_budget: float | None) -> tuple[LabelledSe
     return mnist_aggregator_data(seed, 0.01 if probe_budget is None else probe_budget)
 
 
+def _mnist1d_aggregator(seed: int, probe_budget: float | None) -> tuple[LabelledSet, LabelledSet]:
+    return mnist1d_aggregator_data(seed, 0.01 if probe_budget is None else probe_budget)
+
+
 def _skewed_node(name: str, seed: int) -> NodeData:
     return mnist_node_data(name, seed, skew=True)
 
@@ -42,6 +47,7 @@ FEDERATIONS: dict[str, Federation] = {
     "digits": Federation("digits", DEMO_NODES, _digits_aggregator, node_data),
     "mnist5k": Federation("mnist5k", MNIST_NODES, _mnist_aggregator, mnist_node_data, PROBE_BUDGETS),
     "mnist5k-skew": Federation("mnist5k-skew", MNIST_NODES, _mnist_aggregator, _skewed_node, PROBE_BUDGETS),
+    "mnist1d": Federation("mnist1d", MNIST_NODES, _mnist1d_aggregator, mnist1d_node_data, PROBE_BUDGETS),
 }
 
 

@@ -127,7 +127,7 @@ def test_fedsa_plus_on_mnist5k_is_accepted(tmp_path):
 
 @pytest.mark.parametrize("key, value, allowed", [
     ("method", '"fedavg"', "allowed values: fedsa, fedsa+"),
-    ("dataset", '"cifar"', "allowed values: digits, mnist5k, mnist5k-skew"),
+    ("dataset", '"cifar"', "allowed values: digits, mnist5k, mnist5k-skew, mnist1d"),
 ])
 def test_unknown_method_or_dataset_names_key_and_allowed_values(tmp_path, key, value, allowed):
     with pytest.raises(ConfigError) as err:
@@ -136,7 +136,7 @@ def test_unknown_method_or_dataset_names_key_and_allowed_values(tmp_path, key, v
 
 
 def test_unknown_node_dataset_names_key_and_allowed_values(tmp_path):
-    with pytest.raises(ConfigError, match="'data.dataset' is 'cifar'; allowed values: digits, mnist5k, mnist5k-skew"):
+    with pytest.raises(ConfigError, match="'data.dataset' is 'cifar'; allowed values: digits, mnist5k, mnist5k-skew, mnist1d"):
         load_node_config(write(tmp_path, NODE + '\n[data]\ndataset = "cifar"\n'))
 
 
@@ -146,7 +146,7 @@ def test_config_datasets_are_the_federations_the_data_package_has():
 
 
 def test_probe_budget_is_refused_for_digits(tmp_path):
-    with pytest.raises(ConfigError, match="probe_budget applies to the mnist5k and mnist5k-skew datasets only"):
+    with pytest.raises(ConfigError, match="probe_budget applies to the mnist5k, mnist5k-skew, mnist1d datasets only"):
         load_aggregator_config(write(tmp_path, AGGREGATOR.replace("rounds = 4", "rounds = 4\nprobe_budget = 0.05")))
     with pytest.raises(ConfigError, match="'federation.probe_budget' is 0.5; allowed range"):
         text = AGGREGATOR.replace("rounds = 4", 'rounds = 4\ndataset = "mnist5k"\nprobe_budget = 0.5')
