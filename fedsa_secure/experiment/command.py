@@ -45,6 +45,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
                    help=f"target tasks, one head each, digit first (of {', '.join(TASKS)}; space- or comma-separated; "
                         "default digit); every task's accuracy is reported")
     p.add_argument("--teacher-cache", type=Path, help="where teachers are cached (default OUT/teachers)")
+    p.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
+                   help="run nothing: combine the results.json of grids run apart (e.g. seeds split across "
+                        "processes or machines, same settings otherwise) into --out's results.json, table and plots")
     p.set_defaults(handler=run_command)
 
 
@@ -81,6 +84,40 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
     return parse
 
 
+def merge_results(directories: list[Path]) -> tuple[dict, list[dict]]:
+    """The grid settings and the records of several runs' results.json; their seeds are joined.
+
+    ConfigError if a file is missing or unreadable, or if the grids differ in anything but their seeds
+    (their records would not be comparable) or if two hold the same run.
+    """
+    from fedsa_secure.errors import ConfigError
+
+    grids, records = [], []
+    for directory in directories:
+        path = directory / "results.json"
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            grids.append(payload["grid"])
+            records += payload["records"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigError(f"--merge: cannot read the records of {path} ({error}); "
+                              "give directories written by `fedsa-secure experiment`") from None
+    first = grids[0]
+    for directory, grid in zip(directories[1:], grids[1:]):
+        differing = sorted(key for key in first.keys() | grid.keys() if key != "seeds" and first.get(key) != grid.get(key))
+        if differing:
+            raise ConfigError(f"--merge: {directory} was run with other {', '.join(differing)} than {directories[0]}; "
+                              "only grids that differ in their seeds can be merged")
+    seen: set[tuple] = set()
+    for record in records:
+        key = tuple(record.get(field) for field in ("dataset", "probe_budget", "seed", "arch", "method", "secure"))
+        if key in seen:
+            raise ConfigError(f"--merge: the run {key} appears twice; merge grids with disjoint seeds")
+        seen.add(key)
+    seeds = sorted({seed for grid in grids for seed in grid["seeds"]})
+    return {**first, "seeds": seeds}, records
+
+
 def _flat(groups: list[list[str]] | None) -> tuple[str, ...] | None:
     return tuple(n for group in groups for n in group) if groups else None
 
@@ -89,17 +126,24 @@ def run_command(args: argparse.Namespace) -> int:
     """Run the grid, then write table.md and the plots next to results.json."""
     import torch
 
-    from fedsa_secure.experiment.grid import run_grid
+    from fedsa_secure.experiment.grid import run_grid, write_json_atomic
     from fedsa_secure.files import atomic_write
     from fedsa_secure.experiment.report import format_table, plot_accuracy_over_rounds, plot_selection
     from fedsa_secure.experiment.stats import summarise
 
-    torch.set_num_threads(1)  # small models: one thread is fastest, and leaves the other cores to others
-    grid = grid_from_args(args)
     out = args.out or Path("runs") / f"experiment-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     started = time.perf_counter()
-    print(f"experiment: {len(grid.cells()) * len(grid.seeds) * grid.runs_per_seed()} runs into {out}; {grid}", flush=True)
-    records = run_grid(grid, out, args.teacher_cache or out / "teachers", lambda line: print(line, flush=True))
+    if args.merge:
+        grid_fields, records = merge_results(args.merge)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "results.json", {"grid": grid_fields, "merged_from": [str(d) for d in args.merge],
+                                                 "records": records})
+    else:
+        torch.set_num_threads(1)  # small models: one thread is fastest, and leaves the other cores to others
+        grid = grid_from_args(args)
+        grid_fields = asdict(grid)
+        print(f"experiment: {len(grid.cells()) * len(grid.seeds) * grid.runs_per_seed()} runs into {out}; {grid}", flush=True)
+        records = run_grid(grid, out, args.teacher_cache or out / "teachers", lambda line: print(line, flush=True))
     federated = set(FEDERATED)
     table = format_table(records, federated)
     atomic_write(out / "table.md", table + "\n")
@@ -110,7 +154,7 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"\n{len(records)} runs in {seconds:.0f}s; results.json, table.md, accuracy_over_rounds.png, selection.png in {out}")
     if args.json:
         summary = {
-            "out": str(out.resolve()), "runs": len(records), "seconds": round(seconds, 1), "grid": asdict(grid),
+            "out": str(out.resolve()), "runs": len(records), "seconds": round(seconds, 1), "grid": grid_fields,
             "arms": [{k: _finite(v) for k, v in asdict(row).items()} for row in summarise(records)],
         }
         print(json.dumps(summary))

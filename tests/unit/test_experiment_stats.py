@@ -1,6 +1,7 @@
 """Statistics, table and grid options of `fedsa-secure experiment`, on hand-made records with known answers."""
 
 import argparse
+import json
 import math
 
 import pytest
@@ -165,3 +166,42 @@ def test_experiment_datasets_are_the_federations_and_budgeted_ones_have_budgets(
     assert all(FEDERATIONS[n].probe_budgets == PROBE_BUDGETS for n in BUDGETED)
     assert Grid(datasets=("mnist5k-skew", "digits"), budgets=(0.01,)).cells() == [("mnist5k-skew", 0.01), ("digits", None)]
 
+
+
+def _write_grid(directory, seeds, records, rounds=3):
+    from fedsa_secure.experiment.grid import write_json_atomic
+
+    directory.mkdir()
+    write_json_atomic(directory / "results.json", {"grid": {"seeds": seeds, "rounds": rounds}, "records": records})
+    return directory
+
+
+def test_merge_joins_grids_run_apart_and_reports_them_as_one(tmp_path, capsys):
+    from fedsa_secure.cli import main
+
+    records = grid_records()
+    first = _write_grid(tmp_path / "a", [0, 1], [r for r in records if r["seed"] < 2])
+    second = _write_grid(tmp_path / "b", [2], [r for r in records if r["seed"] == 2])
+    out = tmp_path / "merged"
+    assert main(["experiment", "--merge", str(first), str(second), "--out", str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["runs"] == 6 and summary["grid"] == {"seeds": [0, 1, 2], "rounds": 3}
+    assert json.loads((out / "results.json").read_text())["records"] == [r for r in records if r["seed"] < 2] + [
+        r for r in records if r["seed"] == 2]
+    assert (out / "table.md").read_text() == format_table(records, set(FEDERATED)) + "\n"  # the same as one run's table
+    assert (out / "selection.png").stat().st_size > 0
+
+
+def test_merge_refuses_other_settings_a_run_twice_and_a_missing_file(tmp_path):
+    from fedsa_secure.experiment.command import merge_results
+
+    records = grid_records()
+    first = _write_grid(tmp_path / "a", [0, 1], [r for r in records if r["seed"] < 2])
+    other_rounds = _write_grid(tmp_path / "b", [2], [r for r in records if r["seed"] == 2], rounds=20)
+    with pytest.raises(ConfigError, match="other rounds than"):
+        merge_results([first, other_rounds])
+    again = _write_grid(tmp_path / "c", [1], [r for r in records if r["seed"] == 1])
+    with pytest.raises(ConfigError, match="appears twice"):
+        merge_results([first, again])
+    with pytest.raises(ConfigError, match="cannot read the records of .*nowhere"):
+        merge_results([first, tmp_path / "nowhere"])
