@@ -99,3 +99,16 @@ def test_plaintext_training_learns_the_mapped_labels(probe):
     with torch.no_grad():
         logits, _ = objective.module(torch.from_numpy(probe.x))
     assert (logits.argmax(dim=1).numpy() == probe.y).mean() >= 0.9  # the proxy learned the teacher's (mapped) knowledge
+
+
+def test_plaintext_training_clips_each_batch_gradient_to_the_dp_norm(probe):
+    """One step (one batch, fresh momentum) moves the proxy by at most learning_rate * max_grad_norm,
+    however large the loss; the same objective scaled up a millionfold moves it exactly that far."""
+    teacher = Oracle(4, scramble=False)
+    node = _node(np.random.default_rng(2))
+    objective = OutputObjective(teacher, node, fit_output_map(teacher, "parity", probe, regularisation=10.0), seed=0,
+                                settings=OutputKDSettings(kd_weight=1e6))
+    assert objective.released == ("features", "head")  # every trained parameter is in the update
+    settings = DPSettings(local_epochs=1, batch_size=len(node.train), learning_rate=0.1, max_grad_norm=0.5)
+    update = PlainTrainer(objective, settings, seed=0).train_round(backbone_state(make_student(4, seed=0), objective.released))
+    assert np.linalg.norm(update) == pytest.approx(0.1 * 0.5, rel=1e-3)
