@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--planned-rounds", type=int, metavar="N",
                       help="rounds each node calibrates its DP noise for (default: --rounds); "
                            "a node drawn more often declines once its budget is spent")
+    demo.add_argument("--local-epochs", type=int, default=2, metavar="N",
+                      help="each node's passes over its records per round (default 2); DP noise covers them all")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data split and models (default 0)")
     demo.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per node (default 8)")
     demo.add_argument("--test-dump-dir", type=Path, help=argparse.SUPPRESS)  # tests only: writes plaintext updates
@@ -96,7 +98,8 @@ def _demo(args: argparse.Namespace) -> int:
     from fedsa_secure.demo import DemoOptions, format_table, run_demo
 
     options = DemoOptions(out=args.out, method=args.method, dataset=args.dataset,
-                          rounds=args.rounds, planned_rounds=args.planned_rounds, seed=args.seed,
+                          rounds=args.rounds, planned_rounds=args.planned_rounds, local_epochs=args.local_epochs,
+                          seed=args.seed,
                           target_epsilon=args.epsilon, dump_dir=args.test_dump_dir)
     summary = run_demo(options)
     print()

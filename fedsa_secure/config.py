@@ -116,6 +116,7 @@ class PrivacySection:
     target_epsilon: float = field(default=8.0, metadata=_range(0.01, 1_000))
     delta: float = field(default=1e-5, metadata=_range(1e-12, 0.1))
     planned_rounds: int = field(default=5, metadata=_range(1, 10_000))
+    local_epochs: int = field(default=2, metadata=_range(1, 1_000))  # passes over the records per round; noise covers them all
     accountant: str = field(default="prv", metadata={"choices": ("prv", "rdp")})
 
 

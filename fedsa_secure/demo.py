@@ -32,6 +32,7 @@ class DemoOptions:
     dataset: str = "digits"  # or "mnist5k" (six nodes)
     rounds: int = 5
     planned_rounds: int | None = None  # rounds each node calibrates its noise for; None: `rounds`
+    local_epochs: int = 2  # each node's passes over its records per round
     seed: int = 0
     target_epsilon: float = 8.0
     delta: float = 1e-5
@@ -87,7 +88,8 @@ def write_configs(run_dir: Path, options: DemoOptions, ca: Path, certs: dict[str
         nodes[name] = write_toml(config_dir / f"{name}.toml", {
             "node": {"name": name, "aggregator": "127.0.0.1:PORT", "run_dir": run_dir.resolve(), "server_name": AGGREGATOR},
             "data": {"dataset": options.dataset, "seed": options.seed},
-            "privacy": {"target_epsilon": options.target_epsilon, "delta": options.delta, "planned_rounds": options.planned_rounds or options.rounds},
+            "privacy": {"target_epsilon": options.target_epsilon, "delta": options.delta, "planned_rounds": options.planned_rounds or options.rounds,
+                        "local_epochs": options.local_epochs},
             "tls": {"ca_cert": ca.resolve(), "cert": cert.resolve(), "key": key.resolve()},
             "testing": testing,
         })

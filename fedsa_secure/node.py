@@ -121,6 +121,7 @@ class Node:
             target_epsilon=privacy.target_epsilon,
             delta=privacy.delta,
             planned_rounds=privacy.planned_rounds,
+            local_epochs=privacy.local_epochs,
             accountant=privacy.accountant,
         )
         self.distiller = DPDistiller(self.teacher, self.data, settings, seed=self.config.data.seed, objective=objective)

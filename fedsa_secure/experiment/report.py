@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from fedsa_secure.data import FEDERATIONS  # noqa: E402
-from fedsa_secure.experiment.stats import ArmSummary, selection_frequency, summarise  # noqa: E402
+from fedsa_secure.experiment.stats import ArmSummary, selection_frequency, summarise, versus  # noqa: E402
 from fedsa_secure.plots import save_figure  # noqa: E402
 
 
@@ -56,6 +56,7 @@ def format_table(records: list[dict], federated: set[str]) -> str:
     for dataset in dict.fromkeys(r.dataset for r in rows):
         cells = [r for r in rows if r.dataset == dataset]
         lines += [f"## {dataset}", "", *_accuracy_lines(cells, federated, show_arch, show_task), "",
+                  *_versus_lines(records, dataset, federated, show_arch),
                   *_cost_lines(cells, federated, show_arch), "", *_selection_lines(records, dataset, show_arch), ""]
     return "\n".join(lines)
 
@@ -77,6 +78,25 @@ def _accuracy_lines(cells: list[ArmSummary], federated: set[str], show_arch: boo
             if b in per_budget else "– | –" for b in budgets)
         lines.append(_row([*key, seeds, values]))
     return lines
+
+
+OURS = "fedsa+"
+
+
+def _versus_lines(records: list[dict], dataset: str, federated: set[str], show_arch: bool) -> list[str]:
+    """`fedsa+` minus each other federated method, seed by seed, per arm and budget (digit task); empty without them."""
+    others = sorted(federated - {OURS})
+    rows = versus([r for r in records if r["dataset"] == dataset], OURS, others)
+    if not rows:
+        return []
+    lines = [f"`{OURS}` against the other federated methods, paired by seed (digit task; points ± SE; "
+             "yes: ahead by more than two standard errors):", "",
+             _row([*_only("arch", show_arch), "arm", "budget", "versus", "seeds", "difference", "> 2 SE"]),
+             "|---" * (6 + show_arch) + "|"]
+    for v in rows:
+        lines.append(_row([*_only(v.arch, show_arch), "secure" if v.secure else "plain", f"{v.probe_budget:g}",
+                           v.other, str(v.seeds), _pm(v.diff, v.diff_se, 100, 1), "yes" if v.clear else "no"]))
+    return [*lines, ""]
 
 
 def _cost_lines(cells: list[ArmSummary], federated: set[str], show_arch: bool) -> list[str]:

@@ -90,3 +90,42 @@ def selection_frequency(records: Iterable[dict]) -> dict[ArmKey, dict[str, float
             for node, count in record["selection_counts"].items():
                 into[node] += count
     return {key: {n: c / max(1, sum(by.values())) for n, c in sorted(by.items())} for key, by in counts.items()}
+
+
+@dataclass(frozen=True)
+class Versus:
+    """`method` minus `other` on the digit task, paired seed by seed within one dataset, budget, architecture and arm."""
+
+    dataset: str
+    probe_budget: float
+    arch: str
+    secure: bool
+    method: str
+    other: str
+    seeds: int
+    diff: float
+    diff_se: float  # NaN for one seed
+
+    @property
+    def clear(self) -> bool:
+        """The difference is positive by more than two standard errors."""
+        return self.diff > 2 * self.diff_se
+
+
+def versus(records: Iterable[dict], method: str, others: Sequence[str]) -> list[Versus]:
+    """`method` against each of `others` on the seeds both ran: the comparisons an arm's Δ Scratch cannot show,
+    since two arms' differences to Scratch share that Scratch's noise and their SEs do not subtract."""
+    accuracy: dict[ArmKey, dict[int, float]] = defaultdict(dict)
+    for record in records:
+        accuracy[arm_key(record)][record["seed"]] = record["accuracy"]
+    out = []
+    for (dataset, budget, arch, name, secure), mine in accuracy.items():
+        if name != method:
+            continue
+        for other in others:
+            theirs = accuracy.get((dataset, budget, arch, other, secure), {})
+            seeds = sorted(set(mine) & set(theirs))
+            if seeds:
+                diff, se = paired_difference({s: mine[s] for s in seeds}, theirs)
+                out.append(Versus(dataset, budget, arch, secure, method, other, len(seeds), diff, se))
+    return out

@@ -36,7 +36,7 @@ def run(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("budget")
     run_dir = root / "run"
     result = fedsa("demo", "--json", "--method", "fedsa+", "--dataset", request.param, "--rounds", str(ASKED),
-                   "--planned-rounds", str(PLANNED), "--out", str(run_dir), "--test-dump-dir", str(root / "dump"))
+                   "--planned-rounds", str(PLANNED), "--local-epochs", "1", "--out", str(run_dir), "--test-dump-dir", str(root / "dump"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1]), run_dir, result.stdout
 
@@ -56,6 +56,7 @@ def test_the_run_stops_cleanly_when_budgets_are_spent(run):
         assert ledger.exists() == bool(node["rounds_trained"])
         assert len(entries) == node["rounds_trained"] == node["ledger_entries"]
         assert all(e["epsilon"] <= 8.0 and e["method"] == "fedsa+" for e in entries)
+        assert all(e["steps"] == round(1 / e["sample_rate"]) for e in entries)  # --local-epochs 1: one pass a round
         if entries:
             assert node["ledger_head"] == entries[-1]["hash"]
     assert (run_dir / "student.pt").exists()

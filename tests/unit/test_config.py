@@ -160,3 +160,11 @@ def test_the_example_configs_load_and_agree_with_each_other():
     assert [n.node.name for n in nodes] == list(aggregator.federation.nodes)
     assert {n.data.dataset for n in nodes} == {aggregator.federation.dataset}
     assert aggregator.federation.method in ("fedsa", "fedsa+")
+
+
+def test_node_local_epochs_default_to_two_and_are_range_checked(tmp_path):
+    assert load_node_config(write(tmp_path, NODE)).privacy.local_epochs == 2
+    text = NODE.replace("[privacy]", "[privacy]\nlocal_epochs = 1")
+    assert load_node_config(write(tmp_path, text)).privacy.local_epochs == 1
+    with pytest.raises(ConfigError, match="privacy.local_epochs"):
+        load_node_config(write(tmp_path, NODE.replace("[privacy]", "[privacy]\nlocal_epochs = 0")))

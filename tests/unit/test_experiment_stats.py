@@ -17,6 +17,7 @@ from fedsa_secure.experiment.stats import (
     paired_difference,
     selection_frequency,
     summarise,
+    versus,
 )
 from fedsa_secure.fedsa.simulation import METHODS
 from fedsa_secure.models import STUDENT_ARCHS
@@ -205,3 +206,19 @@ def test_merge_refuses_other_settings_a_run_twice_and_a_missing_file(tmp_path):
         merge_results([first, again])
     with pytest.raises(ConfigError, match="cannot read the records of .*nowhere"):
         merge_results([first, tmp_path / "nowhere"])
+
+
+def test_fedsa_plus_is_compared_with_each_other_method_seed_by_seed():
+    fedavg = {0: 0.82, 1: 0.74, 2: 0.93}  # fedsa+ leads by 3, 2 and 1 points: mean 2, SE 1/sqrt(3)
+    random_cohort = {0: 0.86, 1: 0.70, 2: 0.94}  # -1, +6, 0: mean 1.67, SE 2.19
+    records = grid_records()
+    records += [record("fedavg+", s, a, SCRATCH[s], secure=True) for s, a in fedavg.items()]
+    records += [record("random", s, a, SCRATCH[s], secure=True) for s, a in random_cohort.items()]
+    records += [record("fedavg+", 0, 0.5, SCRATCH[0])]  # plain arm: nothing to pair with
+    rows = {v.other: v for v in versus(records, "fedsa+", ["fedavg+", "random", "fedsa"])}
+    assert set(rows) == {"fedavg+", "random"} and rows["fedavg+"].seeds == 3 and rows["fedavg+"].secure
+    assert rows["fedavg+"].diff == pytest.approx(0.02) and rows["fedavg+"].diff_se == pytest.approx(0.01 / math.sqrt(3))
+    assert rows["fedavg+"].clear and not rows["random"].clear
+    table = format_table(records, set(FEDERATED))
+    assert "| secure | 0.01 | fedavg+ | 3 | 2.0 ± 0.6 | yes |" in table
+    assert "| secure | 0.01 | random | 3 | 1.7 ± 2.2 | no |" in table
