@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from fedsa_secure.config import DATASETS
+from fedsa_secure.config import DATASETS, DemoOptions
 from fedsa_secure.errors import FedsaError
 
 
@@ -34,19 +34,21 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run a whole federation on this machine, one process per party")
     demo.add_argument("--out", type=Path, help="run directory (default runs/<timestamp>)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON on the last line")
-    demo.add_argument("--method", choices=("fedsa", "fedsa+"), default="fedsa",
-                      help="fedsa: the paper's (Grad-CAM selection, feature distillation; default); "
-                           "fedsa+: ours (LogME selection, output distillation)")
-    demo.add_argument("--dataset", choices=DATASETS, default="digits",
-                      help="digits: load_digits, 4 nodes (default); mnist5k: MNIST 5,000-image subset, 6 nodes; "
-                           "mnist5k-skew: the same with the digit teachers holding most records; "
-                           "mnist1d: generated 1-D digits, every node holding 1,000-3,000 records")
-    demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    demo.add_argument("--method", choices=("fedsa", "fedsa+"), default=DemoOptions.method,
+                      help="fedsa+: ours (LogME selection, output distillation; default); "
+                           "fedsa: the paper's (Grad-CAM selection, feature distillation)")
+    demo.add_argument("--dataset", choices=DATASETS, default=DemoOptions.dataset,
+                      help="mnist1d: generated 1-D digits, 6 nodes holding 1,000-3,000 records each (default); "
+                           "digits: load_digits, 4 nodes; mnist5k: MNIST 5,000-image subset, 6 nodes; "
+                           "mnist5k-skew: the same with the digit teachers holding most records")
+    demo.add_argument("--rounds", type=int, default=DemoOptions.rounds,
+                      help=f"federated rounds (default {DemoOptions.rounds})")
     demo.add_argument("--planned-rounds", type=int, metavar="N",
                       help="rounds each node calibrates its DP noise for (default: --rounds); "
                            "a node drawn more often declines once its budget is spent")
-    demo.add_argument("--local-epochs", type=int, default=2, metavar="N",
-                      help="each node's passes over its records per round (default 2); DP noise covers them all")
+    demo.add_argument("--local-epochs", type=int, default=DemoOptions.local_epochs, metavar="N",
+                      help=f"each node's passes over its records per round (default {DemoOptions.local_epochs}); "
+                           "DP noise covers them all")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data split and models (default 0)")
     demo.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per node (default 8)")
     demo.add_argument("--test-dump-dir", type=Path, help=argparse.SUPPRESS)  # tests only: writes plaintext updates
@@ -95,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from fedsa_secure.demo import DemoOptions, format_table, run_demo
+    from fedsa_secure.demo import format_table, run_demo
 
     options = DemoOptions(out=args.out, method=args.method, dataset=args.dataset,
                           rounds=args.rounds, planned_rounds=args.planned_rounds, local_epochs=args.local_epochs,

@@ -11,11 +11,11 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from fedsa_secure.config import DemoOptions
 from fedsa_secure.crypto.pki import create_ca, issue_certificate
 from fedsa_secure.data import federation
 from fedsa_secure.errors import FedsaError
@@ -23,21 +23,6 @@ from fedsa_secure.privacy.report import write_report
 
 AGGREGATOR = "aggregator"
 HOSTS = ("localhost", "127.0.0.1")
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    out: Path | None = None
-    method: str = "fedsa"  # or "fedsa+"
-    dataset: str = "digits"  # or "mnist5k" (six nodes)
-    rounds: int = 5
-    planned_rounds: int | None = None  # rounds each node calibrates its noise for; None: `rounds`
-    local_epochs: int = 2  # each node's passes over its records per round
-    seed: int = 0
-    target_epsilon: float = 8.0
-    delta: float = 1e-5
-    dump_dir: Path | None = None  # test-only: nodes and aggregator write plaintext/masked vectors here
-    startup_timeout: float = 120.0
 
 
 def default_run_dir() -> Path:

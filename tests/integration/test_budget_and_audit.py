@@ -31,7 +31,7 @@ def fedsa(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "fedsa_secure.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture(scope="module", params=["digits", pytest.param("mnist5k", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=["digits", pytest.param("mnist1d", marks=pytest.mark.slow)])  # mnist1d: the default demo
 def run(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("budget")
     run_dir = root / "run"
@@ -64,7 +64,7 @@ def test_the_run_stops_cleanly_when_budgets_are_spent(run):
 
 def test_fedsa_plus_sends_backbone_and_head_through_secure_aggregation(run):
     summary, run_dir, _ = run
-    assert summary["method"] == "fedsa+" and summary["dataset"] in ("digits", "mnist5k")
+    assert summary["method"] == "fedsa+" and summary["dataset"] in ("digits", "mnist1d")
     assert json.loads((run_dir / "student.json").read_text())["method"] == "fedsa+"
     student = make_student(num_classes=10, seed=0)
     backbone = flatten_state(backbone_state(student)).size
