@@ -11,6 +11,7 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fedsa_secure.errors import ConfigError
 from fedsa_secure.experiment.spec import ALL_METHODS, ARCHS, DATASETS, FEDERATED, QUICK, TASKS, Grid, with_overrides
 
 
@@ -90,8 +91,6 @@ def merge_results(directories: list[Path]) -> tuple[dict, list[dict]]:
     ConfigError if a file is missing or unreadable, or if the grids differ in anything but their seeds
     (their records would not be comparable) or if two hold the same run.
     """
-    from fedsa_secure.errors import ConfigError
-
     grids, records = [], []
     for directory in directories:
         path = directory / "results.json"
