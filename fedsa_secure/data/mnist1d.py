@@ -13,13 +13,12 @@ mapped from [-4, 4] onto [0, 1].
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from fedsa_secure.data.digits import LabelledSet, NodeData
-from fedsa_secure.data.mnist5k import MNIST_NODES, probe_per_class
+from fedsa_secure.data.mnist5k import MNIST_NODES, ReserveSplit, probe_per_class
 from fedsa_secure.data.tasks import NUM_DIGITS, TASK_CLASSES, task_labels
 from fedsa_secure.errors import ConfigError
 
@@ -65,15 +64,8 @@ def load_mnist1d() -> tuple[np.ndarray, np.ndarray]:
     return hankel_images(signals), digits
 
 
-@dataclass(frozen=True)
-class _Split:
-    test: np.ndarray
-    reserve: np.ndarray  # [NUM_DIGITS, PROBE_RESERVE_PER_CLASS] record indices, in shuffled order
-    nodes: dict[str, np.ndarray]
-
-
 @lru_cache(maxsize=8)
-def _split(seed: int) -> _Split:
+def _split(seed: int) -> ReserveSplit:
     """Record indices per party; every record goes to at most one party."""
     _, digits = load_mnist1d()
     order = np.random.default_rng(seed).permutation(len(digits))
@@ -84,7 +76,7 @@ def _split(seed: int) -> _Split:
     others = pool[~np.isin(pool, np.concatenate([low, high]))]
     nodes = {"node-1": low, "node-2": high}
     nodes |= {name: others[i * OTHER_RECORDS : (i + 1) * OTHER_RECORDS] for i, name in enumerate(list(MNIST_NODES)[2:])}
-    return _Split(test=test, reserve=reserve, nodes=nodes)
+    return ReserveSplit(test=test, reserve=reserve, nodes=nodes)
 
 
 def mnist1d_aggregator_data(seed: int, probe_budget: float = 0.01) -> tuple[LabelledSet, LabelledSet]:

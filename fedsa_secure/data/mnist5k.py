@@ -50,14 +50,16 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class _Split:
+class ReserveSplit:
+    """Record indices per party of a federation whose probe budgets draw from one reserve (MNIST-5k, MNIST-1D)."""
+
     test: np.ndarray
     reserve: np.ndarray  # [NUM_DIGITS, PROBE_RESERVE_PER_CLASS] record indices, in shuffled order
     nodes: dict[str, np.ndarray]
 
 
 @lru_cache(maxsize=8)
-def _split(seed: int, skew: bool = False) -> _Split:
+def _split(seed: int, skew: bool = False) -> ReserveSplit:
     """Record indices per party; every record goes to at most one party (the reserve beyond the budget to none)."""
     _, digits = load_mnist5k()
     order = np.random.default_rng(seed).permutation(len(digits))  # the file is sorted by label: shuffle first
@@ -65,7 +67,7 @@ def _split(seed: int, skew: bool = False) -> _Split:
     reserve = np.stack([rest[digits[rest] == c][:PROBE_RESERVE_PER_CLASS] for c in range(NUM_DIGITS)])
     pool = rest[~np.isin(rest, reserve)]
     if skew:
-        return _Split(test=test, reserve=reserve, nodes=_skewed_nodes(pool, digits))
+        return ReserveSplit(test=test, reserve=reserve, nodes=_skewed_nodes(pool, digits))
     shards = [pool[i * SHARD : (i + 1) * SHARD] for i in range(5)]
     by_digit = shards[0]  # ~300 records each for the two class-subset teachers, disjoint label ranges
     nodes = {
@@ -76,7 +78,7 @@ def _split(seed: int, skew: bool = False) -> _Split:
         "node-5": shards[3],
         "node-6": shards[4],
     }
-    return _Split(test=test, reserve=reserve, nodes=nodes)
+    return ReserveSplit(test=test, reserve=reserve, nodes=nodes)
 
 
 def _skewed_nodes(pool: np.ndarray, digits: np.ndarray) -> dict[str, np.ndarray]:
