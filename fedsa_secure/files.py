@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -14,3 +15,8 @@ def atomic_write(path: Path, text: str) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temp, path)
+
+
+def write_json_atomic(path: Path, payload: object) -> None:
+    """`payload` as indented JSON, written atomically."""
+    atomic_write(path, json.dumps(payload, indent=1))

@@ -18,13 +18,11 @@ from functools import lru_cache
 import numpy as np
 
 from fedsa_secure.data.digits import LabelledSet, NodeData
-from fedsa_secure.data.mnist5k import MNIST_NODES, ReserveSplit, probe_per_class
+from fedsa_secure.data.mnist5k import MNIST_NODES, ReserveSplit, hold_out, probe_per_class, subset_heavy_nodes
 from fedsa_secure.data.tasks import NUM_DIGITS, TASK_CLASSES, task_labels
 from fedsa_secure.errors import ConfigError
 
 N_RECORDS = 12_000  # 1,200 per digit
-N_TEST = 1000
-PROBE_RESERVE_PER_CLASS = 40  # the same reserve, and so the same probe sizes per budget, as MNIST-5k
 SUBSET_RECORDS = 3000  # for each class-subset teacher (digits 0-4, digits 5-9)...
 OTHER_RECORDS = 1000  # ...and for each other node
 GENERATOR_SEED = 42  # mnist1d's own default: one fixed dataset; the split seed shuffles it
@@ -68,15 +66,8 @@ def load_mnist1d() -> tuple[np.ndarray, np.ndarray]:
 def _split(seed: int) -> ReserveSplit:
     """Record indices per party; every record goes to at most one party."""
     _, digits = load_mnist1d()
-    order = np.random.default_rng(seed).permutation(len(digits))
-    test, rest = order[:N_TEST], order[N_TEST:]
-    reserve = np.stack([rest[digits[rest] == c][:PROBE_RESERVE_PER_CLASS] for c in range(NUM_DIGITS)])
-    pool = rest[~np.isin(rest, reserve)]
-    low, high = pool[digits[pool] < 5][:SUBSET_RECORDS], pool[digits[pool] >= 5][:SUBSET_RECORDS]
-    others = pool[~np.isin(pool, np.concatenate([low, high]))]
-    nodes = {"node-1": low, "node-2": high}
-    nodes |= {name: others[i * OTHER_RECORDS : (i + 1) * OTHER_RECORDS] for i, name in enumerate(list(MNIST_NODES)[2:])}
-    return ReserveSplit(test=test, reserve=reserve, nodes=nodes)
+    test, reserve, pool = hold_out(digits, seed)
+    return ReserveSplit(test=test, reserve=reserve, nodes=subset_heavy_nodes(pool, digits, SUBSET_RECORDS, OTHER_RECORDS))
 
 
 def mnist1d_aggregator_data(seed: int, probe_budget: float = 0.01) -> tuple[LabelledSet, LabelledSet]:

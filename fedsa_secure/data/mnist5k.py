@@ -61,13 +61,10 @@ class ReserveSplit:
 @lru_cache(maxsize=8)
 def _split(seed: int, skew: bool = False) -> ReserveSplit:
     """Record indices per party; every record goes to at most one party (the reserve beyond the budget to none)."""
-    _, digits = load_mnist5k()
-    order = np.random.default_rng(seed).permutation(len(digits))  # the file is sorted by label: shuffle first
-    test, rest = order[:N_TEST], order[N_TEST:]
-    reserve = np.stack([rest[digits[rest] == c][:PROBE_RESERVE_PER_CLASS] for c in range(NUM_DIGITS)])
-    pool = rest[~np.isin(rest, reserve)]
+    _, digits = load_mnist5k()  # sorted by label: hold_out shuffles first
+    test, reserve, pool = hold_out(digits, seed)
     if skew:
-        return ReserveSplit(test=test, reserve=reserve, nodes=_skewed_nodes(pool, digits))
+        return ReserveSplit(test=test, reserve=reserve, nodes=subset_heavy_nodes(pool, digits, SKEW_SUBSET, SKEW_OTHER))
     shards = [pool[i * SHARD : (i + 1) * SHARD] for i in range(5)]
     by_digit = shards[0]  # ~300 records each for the two class-subset teachers, disjoint label ranges
     nodes = {
@@ -81,14 +78,23 @@ def _split(seed: int, skew: bool = False) -> ReserveSplit:
     return ReserveSplit(test=test, reserve=reserve, nodes=nodes)
 
 
-def _skewed_nodes(pool: np.ndarray, digits: np.ndarray) -> dict[str, np.ndarray]:
-    """The class-subset teachers take SKEW_SUBSET records of their digits each; the rest is shared out evenly."""
-    low, high = pool[digits[pool] < 5][:SKEW_SUBSET], pool[digits[pool] >= 5][:SKEW_SUBSET]
-    if min(len(low), len(high)) < SKEW_SUBSET:
-        raise ValueError(f"the pool holds too few records for the skewed split: {len(low)} and {len(high)}")
+def hold_out(digits: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(test, reserve, pool) record indices of one seed's shuffle: N_TEST test records, a reserve of
+    PROBE_RESERVE_PER_CLASS records per digit that every probe budget draws from, and the rest."""
+    order = np.random.default_rng(seed).permutation(len(digits))
+    test, rest = order[:N_TEST], order[N_TEST:]
+    reserve = np.stack([rest[digits[rest] == c][:PROBE_RESERVE_PER_CLASS] for c in range(NUM_DIGITS)])
+    return test, reserve, rest[~np.isin(rest, reserve)]
+
+
+def subset_heavy_nodes(pool: np.ndarray, digits: np.ndarray, subset: int, other: int) -> dict[str, np.ndarray]:
+    """The class-subset teachers take `subset` records of their digits each; every other node `other` of the rest."""
+    low, high = pool[digits[pool] < 5][:subset], pool[digits[pool] >= 5][:subset]
+    if min(len(low), len(high)) < subset:
+        raise ValueError(f"the pool holds too few records for {subset} per class-subset teacher: {len(low)} and {len(high)}")
     others = pool[~np.isin(pool, np.concatenate([low, high]))]
     nodes = {"node-1": low, "node-2": high}
-    nodes |= {name: others[i * SKEW_OTHER : (i + 1) * SKEW_OTHER] for i, name in enumerate(list(MNIST_NODES)[2:])}
+    nodes |= {name: others[i * other : (i + 1) * other] for i, name in enumerate(list(MNIST_NODES)[2:])}
     return nodes
 
 

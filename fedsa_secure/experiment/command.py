@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedsa_secure.errors import ConfigError
 from fedsa_secure.experiment.spec import ALL_METHODS, ARCHS, DATASETS, FEDERATED, QUICK, TASKS, Grid, with_overrides
+from fedsa_secure.experiment.stats import arm_key
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -109,7 +110,7 @@ def merge_results(directories: list[Path]) -> tuple[dict, list[dict]]:
                               "only grids that differ in their seeds can be merged")
     seen: set[tuple] = set()
     for record in records:
-        key = tuple(record.get(field) for field in ("dataset", "probe_budget", "seed", "arch", "method", "secure"))
+        key = (*arm_key(record), record["seed"])
         if key in seen:
             raise ConfigError(f"--merge: the run {key} appears twice; merge grids with disjoint seeds")
         seen.add(key)
@@ -122,11 +123,8 @@ def _flat(groups: list[list[str]] | None) -> tuple[str, ...] | None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run the grid, then write table.md and the plots next to results.json."""
-    import torch
-
-    from fedsa_secure.experiment.grid import run_grid, write_json_atomic
-    from fedsa_secure.files import atomic_write
+    """Run the grid (or merge finished ones), then write table.md and the plots next to results.json."""
+    from fedsa_secure.files import atomic_write, write_json_atomic
     from fedsa_secure.experiment.report import format_table, plot_accuracy_over_rounds, plot_selection
     from fedsa_secure.experiment.stats import summarise
 
@@ -138,9 +136,14 @@ def run_command(args: argparse.Namespace) -> int:
         write_json_atomic(out / "results.json", {"grid": grid_fields, "merged_from": [str(d) for d in args.merge],
                                                  "records": records})
     else:
+        import torch
+
+        from fedsa_secure.experiment.grid import run_grid  # torch and the models: only for a run
+
         torch.set_num_threads(1)  # small models: one thread is fastest, and leaves the other cores to others
         grid = grid_from_args(args)
         grid_fields = asdict(grid)
+
         print(f"experiment: {len(grid.cells()) * len(grid.seeds) * grid.runs_per_seed()} runs into {out}; {grid}", flush=True)
         records = run_grid(grid, out, args.teacher_cache or out / "teachers", lambda line: print(line, flush=True))
     federated = set(FEDERATED)

@@ -8,7 +8,6 @@ comparison is paired, and teacher training is paid once per seed rather than onc
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from fedsa_secure.experiment.spec import CENTRAL_FEATURE_WEIGHT, FEDERATED, TARG
 from fedsa_secure.fedsa.adapt import AdaptRecipe, scratch, task_accuracy
 from fedsa_secure.fedsa.distill import DPSettings
 from fedsa_secure.fedsa.simulation import federation_teachers, simulate
-from fedsa_secure.files import atomic_write
+from fedsa_secure.files import write_json_atomic
 
 
 def probe_fraction(probe_size: int, node_sizes: list[int]) -> float:
@@ -140,7 +139,3 @@ def progress_line(done: int, total: int, record: dict) -> str:
             f"{record['method']}{arm}: accuracy {record['accuracy']:.4f} ({delta:+.1f} vs scratch){others}{eps}{traffic} "
             f"{record['seconds']:.0f}s")
 
-
-def write_json_atomic(path: Path, payload: object) -> None:
-    """`payload` as indented JSON, written atomically."""
-    atomic_write(path, json.dumps(payload, indent=1))

@@ -170,7 +170,7 @@ def test_experiment_datasets_are_the_federations_and_budgeted_ones_have_budgets(
 
 
 def _write_grid(directory, seeds, records, rounds=3):
-    from fedsa_secure.experiment.grid import write_json_atomic
+    from fedsa_secure.files import write_json_atomic
 
     directory.mkdir()
     write_json_atomic(directory / "results.json", {"grid": {"seeds": seeds, "rounds": rounds}, "records": records})
