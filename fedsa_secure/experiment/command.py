@@ -86,11 +86,16 @@ def _names(allowed: tuple[str, ...]) -> Callable[[str], list[str]]:
     return parse
 
 
-def merge_results(directories: list[Path]) -> tuple[dict, list[dict]]:
-    """The grid settings and the records of several runs' results.json; their seeds are joined.
+# Grid fields that may differ between merged runs: their union is the merged grid's.
+JOINABLE = ("seeds", "methods", "arms")
 
-    ConfigError if a file is missing or unreadable, or if the grids differ in anything but their seeds
-    (their records would not be comparable) or if two hold the same run.
+
+def merge_results(directories: list[Path]) -> tuple[dict, list[dict]]:
+    """The grid settings and the records of several runs' results.json; their seeds, methods and arms are joined.
+
+    Lets seeds run in separate processes, or a method be added to a finished grid. ConfigError if a
+    file is missing or unreadable, if the grids differ in anything else (their records would not be
+    comparable) or if two hold the same run.
     """
     grids, records = [], []
     for directory in directories:
@@ -104,18 +109,22 @@ def merge_results(directories: list[Path]) -> tuple[dict, list[dict]]:
                               "give directories written by `fedsa-secure experiment`") from None
     first = grids[0]
     for directory, grid in zip(directories[1:], grids[1:]):
-        differing = sorted(key for key in first.keys() | grid.keys() if key != "seeds" and first.get(key) != grid.get(key))
+        differing = sorted(key for key in first.keys() | grid.keys() if key not in JOINABLE and first.get(key) != grid.get(key))
         if differing:
             raise ConfigError(f"--merge: {directory} was run with other {', '.join(differing)} than {directories[0]}; "
-                              "only grids that differ in their seeds can be merged")
+                              f"only grids that differ in their {', '.join(JOINABLE)} can be merged")
     seen: set[tuple] = set()
     for record in records:
         key = (*arm_key(record), record["seed"])
         if key in seen:
-            raise ConfigError(f"--merge: the run {key} appears twice; merge grids with disjoint seeds")
+            raise ConfigError(f"--merge: the run {key} appears twice; merge grids with disjoint seeds or methods")
         seen.add(key)
-    seeds = sorted({seed for grid in grids for seed in grid["seeds"]})
-    return {**first, "seeds": seeds}, records
+    merged = dict(first)
+    for key in JOINABLE:
+        values = [value for grid in grids for value in grid.get(key, ())]
+        if values:
+            merged[key] = list(dict.fromkeys(values)) if key == "methods" else sorted(set(values))
+    return merged, records
 
 
 def _flat(groups: list[list[str]] | None) -> tuple[str, ...] | None:

@@ -169,11 +169,12 @@ def test_experiment_datasets_are_the_federations_and_budgeted_ones_have_budgets(
 
 
 
-def _write_grid(directory, seeds, records, rounds=3):
+def _write_grid(directory, seeds, records, rounds=3, **fields):
     from fedsa_secure.files import write_json_atomic
 
     directory.mkdir()
-    write_json_atomic(directory / "results.json", {"grid": {"seeds": seeds, "rounds": rounds}, "records": records})
+    grid = {"seeds": seeds, "rounds": rounds, **fields}
+    write_json_atomic(directory / "results.json", {"grid": grid, "records": records})
     return directory
 
 
@@ -191,6 +192,18 @@ def test_merge_joins_grids_run_apart_and_reports_them_as_one(tmp_path, capsys):
         r for r in records if r["seed"] == 2]
     assert (out / "table.md").read_text() == format_table(records, set(FEDERATED)) + "\n"  # the same as one run's table
     assert (out / "selection.png").stat().st_size > 0
+
+
+def test_merge_adds_methods_and_arms_run_later_to_a_grid(tmp_path):
+    from fedsa_secure.experiment.command import merge_results
+
+    records = grid_records()
+    scratch_only = [r for r in records if r["method"] == "scratch"]
+    first = _write_grid(tmp_path / "a", [0, 1, 2], scratch_only, methods=["scratch"], arms=[False])
+    later = _write_grid(tmp_path / "b", [0, 1, 2], records[len(scratch_only):], methods=["fedsa+"], arms=[True])
+    grid, merged = merge_results([first, later])
+    assert grid == {"seeds": [0, 1, 2], "rounds": 3, "methods": ["scratch", "fedsa+"], "arms": [False, True]}
+    assert merged == records and len(scratch_only) == 3
 
 
 def test_merge_refuses_other_settings_a_run_twice_and_a_missing_file(tmp_path):
