@@ -231,10 +231,10 @@ class DemoOptions:
 
     out: Path | None = None
     # The default is the setting where fedsa+ pays off (README, "What the demo shows"): six nodes
-    # holding 1,000-3,000 records each, 20 rounds of one pass. Any method and dataset can be asked for.
+    # holding 1,000-3,000 records each, 30 rounds of one pass. Any method and dataset can be asked for.
     method: str = "fedsa+"  # or "fedsa" (the paper's recipe)
     dataset: str = "mnist1d"  # or "digits", "mnist5k", "mnist5k-skew"
-    rounds: int = 20
+    rounds: int = 30
     planned_rounds: int | None = None  # rounds each node calibrates its noise for; None: `rounds`
     local_epochs: int = 1  # each node's passes over its records per round
     seed: int = 0
