@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the checked-in Python code for protos/ (needs grpcio-tools; the runtime does not).
+# Regenerate the checked-in Python code for protos/ (needs the grpcio-tools that pyproject.toml pins; the runtime does not).
 # Usage: scripts/generate_protos.sh [OUT_DIR]   (default: repository root; tests pass a temp dir)
 # Set PYTHON to choose the interpreter (default: python).
 set -euo pipefail
