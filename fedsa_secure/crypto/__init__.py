@@ -15,9 +15,8 @@ from fedsa_secure.crypto.kdf import (
     derive_key,
 )
 from fedsa_secure.crypto.prg import (
-    KeystreamAdder,
     KeystreamReader,
-    add_keystreams,
+    KeystreamRows,
     expand_keystreams,
     keystream_bytes,
     keystream_words,
@@ -29,9 +28,8 @@ __all__ = [
     "FixedRandomness",
     "Randomness",
     "SYSTEM",
-    "KeystreamAdder",
     "KeystreamReader",
-    "add_keystreams",
+    "KeystreamRows",
     "LABEL_GRAPH",
     "LABEL_PAIRWISE_MASK",
     "LABEL_SELF_MASK",

@@ -10,14 +10,14 @@ HKDF output or a fresh random key used for exactly one stream, so no key/counter
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 SEED_SIZE = 32
 _ZERO_NONCE = bytes(12)
-_CHUNK_WORDS = 1 << 16  # 256 KiB of keystream per step: keeps the accumulator chunk in L2 cache
+_CHUNK_WORDS = 1 << 16  # 256 KiB of keystream per step and stream
 _ZEROS = bytes(4 * _CHUNK_WORDS)
 _TOP_BITS = b"\x00\x00\x00\x80" * _CHUNK_WORDS  # little-endian uint32 words 2**31
 _MAX_STREAM_BYTES = 16 * 2**32 - 32  # GCM's per-message limit, also the 32-bit counter's range
@@ -42,8 +42,8 @@ def keystream_words(seed: bytes, count: int) -> np.ndarray:
 
 
 def expand_keystreams(seeds: Sequence[bytes], count: int) -> None:
-    """Expand `count` words of each stream and throw them away: the raw cost that
-    `add_keystreams` is measured against (benchmarks' mask-efficiency baseline)."""
+    """Expand `count` words of each stream and throw them away: the raw cost that masking is
+    measured against (benchmarks' mask-efficiency baseline)."""
     buffer = bytearray(4 * _CHUNK_WORDS + 15)
     zeros = memoryview(_ZEROS)
     for seed in seeds:
@@ -52,31 +52,37 @@ def expand_keystreams(seeds: Sequence[bytes], count: int) -> None:
             stream.update_into(zeros[: 4 * min(_CHUNK_WORDS, count - start)], buffer)
 
 
-class KeystreamAdder:
-    """Several signed streams consumed in step: each `add_to(part)` adds the next len(part) words
-    of every stream into `part` (mod 2**32). Lets a caller mask a vector chunk by chunk while
-    each chunk is in cache, without ever allocating a full-length mask."""
+class KeystreamRows:
+    """Several streams consumed in step, a block at a time, for masking a vector block by block.
 
-    def __init__(self, signed_seeds: Sequence[tuple[bytes, bool]]) -> None:
-        self._streams = [(_stream(seed).update_into, np.subtract if subtract else np.add) for seed, subtract in signed_seeds]
-        self._buffer = bytearray(4 * _CHUNK_WORDS + 15)  # update_into wants block_size - 1 spare bytes
-        self._words = np.frombuffer(self._buffer, dtype="<u4", count=_CHUNK_WORDS)
+    `next(count)` yields the next `count` words of every stream as (rows, count) uint32 arrays,
+    ROWS streams at a time in seed order: the arithmetic on them (secagg) then reads each
+    mask word once while it is in cache, and memory stays at ROWS blocks however many streams.
+    Each yielded array is overwritten by the next.
+    """
+
+    ROWS = 12  # streams per yielded array: 12 blocks of 256 KiB, about the cache of one core
+
+    def __init__(self, seeds: Sequence[bytes]) -> None:
+        self._streams = [_stream(seed).update_into for seed in seeds]
+        rows = min(self.ROWS, len(self._streams))
+        self._buffer = np.empty(4 * rows * _CHUNK_WORDS + 15, dtype=np.uint8)  # update_into wants 15 spare bytes
+        self._words = self._buffer[:-15].view("<u4").reshape(rows, _CHUNK_WORDS)
         self._used = 0
 
-    def add_to(self, part: np.ndarray) -> None:
-        """In place: part += the next part.size words of every stream, signed."""
-        if part.dtype != np.dtype("<u4") or part.ndim != 1:
-            raise ValueError("KeystreamAdder needs a 1-D little-endian uint32 array")
-        for start in range(0, part.size, _CHUNK_WORDS):
-            piece = part[start : start + _CHUNK_WORDS]
-            size = piece.size
-            self._used += 4 * size
-            if self._used > _MAX_STREAM_BYTES:
-                raise ValueError(f"a PRG stream holds at most {_MAX_STREAM_BYTES} bytes")
-            zeros, words, buffer = memoryview(_ZEROS)[: 4 * size], self._words[:size], self._buffer
-            for expand, combine in self._streams:
-                expand(zeros, buffer)
-                combine(piece, words, out=piece)
+    def next(self, count: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(index of the first stream, its rows) for every group of ROWS streams; at most 65,536 words."""
+        if not 0 <= count <= _CHUNK_WORDS:
+            raise ValueError(f"expand at most {_CHUNK_WORDS} words at a time, asked for {count}")
+        self._used += 4 * count
+        if self._used > _MAX_STREAM_BYTES:
+            raise ValueError(f"a PRG stream holds at most {_MAX_STREAM_BYTES} bytes")
+        zeros, buffer, stride = memoryview(_ZEROS)[: 4 * count], memoryview(self._buffer), 4 * _CHUNK_WORDS
+        for first in range(0, len(self._streams), self.ROWS):
+            group = self._streams[first : first + self.ROWS]
+            for row, expand in enumerate(group):
+                expand(zeros, buffer[row * stride :])  # writes 4*count bytes; the rest is update_into's spare room
+            yield first, self._words[: len(group), :count]
 
 
 class KeystreamReader:
@@ -105,15 +111,3 @@ class KeystreamReader:
             raise ValueError(f"read at most {_CHUNK_WORDS} words at a time, asked for {count}")
         self._stream.update_into(memoryview(plaintext)[: 4 * count], self._buffer)
         return self._words[:count]
-
-
-def add_keystreams(total: np.ndarray, signed_seeds: Sequence[tuple[bytes, bool]]) -> None:
-    """In place: total += sum(+-keystream_words(seed, len(total))) modulo 2**32.
-
-    `signed_seeds` holds (seed, subtract) pairs; see KeystreamAdder for the chunked expansion.
-    """
-    if total.dtype != np.dtype("<u4") or total.ndim != 1 or not total.flags.c_contiguous:
-        raise ValueError("add_keystreams needs a contiguous 1-D little-endian uint32 array")
-    if 4 * total.size > _MAX_STREAM_BYTES:
-        raise ValueError(f"a PRG stream holds at most {_MAX_STREAM_BYTES} bytes")
-    KeystreamAdder(signed_seeds).add_to(total)

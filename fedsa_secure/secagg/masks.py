@@ -1,29 +1,31 @@
-"""Mask seeds: self masks and signed pairwise masks in Z_{2^b} (uint32, wrapping).
+"""Masks: self masks and signed pairwise masks in Z_{2^b} (uint32, wrapping), and masking itself.
 
 Seeds are HKDF outputs bound to the session id (and, for pairwise masks, to both names);
-`crypto.add_keystreams` expands them with the AES-256 PRG straight into the vector being
-masked. Sign convention: node i adds PRG(s_ij) for peers j that sort after i and subtracts
-it for peers that sort before, so every pair cancels in the sum.
+`crypto.KeystreamRows` expands them with the AES-256 PRG block by block, and a compiled
+kernel adds them into the vector being masked while both are in cache. Sign convention:
+node i adds PRG(s_ij) for peers j that sort after i and subtracts it for peers that sort
+before, so every pair cancels in the sum.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numba
 import numpy as np
 
 from fedsa_secure.crypto import (
     LABEL_PAIRWISE_MASK,
     LABEL_SELF_MASK,
-    KeystreamAdder,
     KeystreamReader,
+    KeystreamRows,
     derive_key,
     shared_secrets,
 )
 from fedsa_secure.secagg.messages import RoundConfig
 from fedsa_secure.secagg.packing import Packer
 from fedsa_secure.secagg.quantize import BLOCK, Quantizer
-from fedsa_secure.secagg.ring import RING_DTYPE, modulus_mask
+from fedsa_secure.secagg.ring import RING_DTYPE
 from fedsa_secure.secagg.session import encode_fields
 
 SignedSeed = tuple[bytes, bool]  # (PRG seed, subtract?)
@@ -53,22 +55,64 @@ def signed_pairwise_seeds(
 def mask_and_pack(
     values: np.ndarray, config: RoundConfig, seeds: Sequence[SignedSeed], rounding: KeystreamReader
 ) -> bytes:
-    """Quantize, add the signed mask streams, reduce mod 2**b and bit-pack `values` (float64, 1-D).
+    """Quantize, add the signed mask streams, reduce mod 2**b and bit-pack `values` (float32/64, 1-D).
 
-    Done block by block so each block passes through all steps while it is in cache: the
-    whole-vector passes, not AES, dominated the cost of masking. `rounding` supplies the
-    stochastic-rounding words.
+    Done block by block so each block passes through all steps while it is in cache, each step
+    one compiled loop: whole-vector numpy passes, not AES, used to dominate the cost of masking.
+    `rounding` supplies the stochastic-rounding words.
     """
-    bits, size = config.modulus_bits, values.size
-    packer = Packer(size, bits, BLOCK)
+    size = values.size
+    packer = Packer(size, config.modulus_bits, BLOCK)  # packing keeps the low b bits: the reduction
     quantizer = Quantizer(config.quantization, rounding)
-    adder = KeystreamAdder(seeds)
+    masks = _SignedKeystreams(seeds)
     block = np.empty(BLOCK, dtype=RING_DTYPE)
-    mask = modulus_mask(bits)
     for start in range(0, size, BLOCK):
         part = block[: min(BLOCK, size - start)]
         quantizer.block(values[start : start + part.size], part)
-        adder.add_to(part)
-        part &= mask
+        masks.add_to(part)
         packer.append(part)
     return packer.tobytes()
+
+
+def add_signed_keystreams(total: np.ndarray, seeds: Sequence[SignedSeed]) -> None:
+    """In place: total += sum(+-keystream_words(seed, len(total))) modulo 2**32 (the aggregator's unmasking)."""
+    if total.dtype != np.dtype("<u4") or total.ndim != 1:
+        raise ValueError("add_signed_keystreams needs a 1-D little-endian uint32 array")
+    masks = _SignedKeystreams(seeds)
+    for start in range(0, total.size, BLOCK):
+        masks.add_to(total[start : start + BLOCK])
+
+
+class _SignedKeystreams:
+    """The signed sum of several streams, added block by block (at most BLOCK words per call)."""
+
+    def __init__(self, seeds: Sequence[SignedSeed]) -> None:
+        self._rows = KeystreamRows([seed for seed, _ in seeds])
+        # Subtracting w is adding (2**32 - 1) * w modulo 2**32: one multiply-add loop serves both signs.
+        self._factors = np.array([_MINUS_ONE if subtract else 1 for _, subtract in seeds], dtype=RING_DTYPE)
+
+    def add_to(self, part: np.ndarray) -> None:
+        for first, rows in self._rows.next(part.size):
+            _add_rows(part, rows, self._factors[first : first + len(rows)])
+
+
+_MINUS_ONE = (1 << 32) - 1
+
+
+@numba.njit(cache=True)
+def _add_rows(out: np.ndarray, rows: np.ndarray, factors: np.ndarray) -> None:
+    """out += sum_j factors[j] * rows[j] modulo 2**32, four rows per pass over `out`: with one
+    pass per row the loads and stores of `out`, not the mask words, bounded the speed."""
+    n, count = out.size, rows.shape[0]
+    j = 0
+    while j + 4 <= count:
+        a, b, c, d = rows[j, :n], rows[j + 1, :n], rows[j + 2, :n], rows[j + 3, :n]
+        fa, fb, fc, fd = factors[j], factors[j + 1], factors[j + 2], factors[j + 3]
+        for i in range(n):
+            out[i] += fa * a[i] + fb * b[i] + fc * c[i] + fd * d[i]
+        j += 4
+    while j < count:
+        a, fa = rows[j, :n], factors[j]
+        for i in range(n):
+            out[i] += fa * a[i]
+        j += 1

@@ -15,12 +15,12 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from fedsa_secure.crypto import TrustAnchor, add_keystreams, public_from_private
+from fedsa_secure.crypto import TrustAnchor, public_from_private
 from fedsa_secure.errors import AbortRound, IntegrityError, ProtocolError
 from fedsa_secure.secagg import shamir
 from fedsa_secure.secagg.graph import neighbours
 from fedsa_secure.secagg.identity import survivors_payload, verify_advertisement
-from fedsa_secure.secagg.masks import SignedSeed, self_mask_seed, signed_pairwise_seeds
+from fedsa_secure.secagg.masks import SignedSeed, add_signed_keystreams, self_mask_seed, signed_pairwise_seeds
 from fedsa_secure.secagg.messages import (
     AdvertiseKeys,
     ConsistencyCheckRequest,
@@ -237,7 +237,7 @@ class SecAggServer:
                     self._rejected[bad.name] = bad.reason
                     del self._responses[bad.name]
             total = self._running_sum.copy()
-            add_keystreams(total, seeds)
+            add_signed_keystreams(total, seeds)
             total &= modulus_mask(self.config.modulus_bits)
             self._sum_quantized = total
             result = dequantize_sum(total, self.config.quantization, len(request.survivors))

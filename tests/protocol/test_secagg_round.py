@@ -14,8 +14,7 @@ from hypothesis import strategies as st
 from fedsa_secure.crypto import generate_keypair, random_bytes
 from fedsa_secure.errors import AbortRound, IntegrityError, ProtocolError
 from fedsa_secure.secagg.client import SecAggClient
-from fedsa_secure.crypto import add_keystreams
-from fedsa_secure.secagg.masks import signed_pairwise_seeds
+from fedsa_secure.secagg.masks import add_signed_keystreams, signed_pairwise_seeds
 from fedsa_secure.secagg.messages import (
     ConsistencyCheckRequest,
     EncryptedShare,
@@ -169,7 +168,7 @@ def test_pairwise_masks_cancel() -> None:
     total = np.zeros(1000, dtype=np.uint32)
     for name in names:
         mine = np.zeros(1000, dtype=np.uint32)
-        add_keystreams(mine, signed_pairwise_seeds(name, keys[name][0], publics, b"session"))
+        add_signed_keystreams(mine, signed_pairwise_seeds(name, keys[name][0], publics, b"session"))
         assert np.count_nonzero(mine) > 990  # each node's own sum is not trivially zero
         total += mine
     assert not total.any()

@@ -11,8 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedsa_secure.crypto import (
-    KeystreamAdder,
-    add_keystreams,
+    KeystreamRows,
     LABEL_PAIRWISE_MASK,
     LABEL_SELF_MASK,
     LABEL_SHARE_SEALING,
@@ -144,17 +143,24 @@ def test_fixed_randomness_is_one_reproducible_stream() -> None:
     assert "seed" in repr(first) and bytes(32).hex() not in repr(first)
 
 
-def test_keystream_adder_in_chunks_equals_whole_streams() -> None:
-    seeds = [(bytes([1]) * 32, False), (bytes([2]) * 32, True)]
-    whole = np.zeros(70_000, dtype="<u4")
-    add_keystreams(whole, seeds)
-    expected = keystream_words(seeds[0][0], 70_000) - keystream_words(seeds[1][0], 70_000)
-    assert np.array_equal(whole, expected)
-    chunked = np.zeros(70_000, dtype="<u4")
-    adder = KeystreamAdder(seeds)
-    for start in (0, 100, 65_636):
-        adder.add_to(chunked[start : {0: 100, 100: 65_636, 65_636: 70_000}[start]])
-    assert np.array_equal(chunked, expected)
+def test_keystream_rows_continue_each_stream_in_groups() -> None:
+    """14 streams come out 12 + 2 rows per step, each row continuing its own stream."""
+    seeds = [bytes([i]) * 32 for i in range(14)]
+    rows = KeystreamRows(seeds)
+    got: dict[int, list[np.ndarray]] = {i: [] for i in range(14)}
+    for count in (100, 65_536, 3):
+        groups = list((first, block.copy()) for first, block in rows.next(count))
+        assert [(first, block.shape) for first, block in groups] == [(0, (12, count)), (12, (2, count))]
+        for first, block in groups:
+            for row, words in enumerate(block):
+                got[first + row].append(words)
+    for i, seed in enumerate(seeds):
+        assert np.array_equal(np.concatenate(got[i]), keystream_words(seed, 100 + 65_536 + 3))
+
+
+def test_keystream_rows_refuse_an_oversized_step() -> None:
+    with pytest.raises(ValueError, match="at most 65536"):
+        next(KeystreamRows([bytes(32)]).next(65_537))
 
 
 def test_prg_is_aes256_ctr_from_counter_two() -> None:
@@ -162,23 +168,6 @@ def test_prg_is_aes256_ctr_from_counter_two() -> None:
     seed = bytes(range(32))
     ctr = Cipher(algorithms.AES(seed), modes.CTR(bytes(12) + b"\x00\x00\x00\x02")).encryptor()
     assert keystream_bytes(seed, 4099) == ctr.update(bytes(4099))
-
-
-@pytest.mark.parametrize("length", [1, 1000, (1 << 16) + 3])  # below, within and across chunks
-def test_add_keystreams_matches_explicit_sum(length: int) -> None:
-    seeds = [(bytes([i]) * 32, i % 2 == 1) for i in range(1, 5)]
-    total = np.arange(length, dtype=np.uint32)
-    expected = total.copy()
-    for seed, subtract in seeds:
-        word = keystream_words(seed, length)
-        expected = expected - word if subtract else expected + word
-    add_keystreams(total, seeds)
-    assert np.array_equal(total, expected)
-
-
-def test_add_keystreams_refuses_other_dtypes() -> None:
-    with pytest.raises(ValueError):
-        add_keystreams(np.zeros(4, dtype=np.int64), [(b"\x01" * 32, False)])
 
 
 def test_sha256_known_answer() -> None:
