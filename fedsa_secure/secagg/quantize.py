@@ -97,7 +97,7 @@ def _round_into(
         x = np.float64(part[i])
         finite &= math.isfinite(x)
         scaled = min(max(x * scale, -half), half)
-        out[i] = np.uint32(np.int64(scaled - centred[i] * (1.0 / 4294967296.0) + bias))  # truncation = floor here
+        out[i] = np.uint32(np.int64(scaled - centred[i] * (1.0 / _UNIT) + bias))  # truncation = floor here
     return finite
 
 
