@@ -167,8 +167,8 @@ def gradient_errors(w: Workload, mode: str) -> dict[str, float]:
         else:
             d = distiller(w, mode)
             # train_round's backward: the sum of the per-record losses (loss_reduction="sum").
-            out[view] = step_error(w, d._model._module, d._optimizer,
-                                   lambda b: d._objective.per_sample_loss(d._model, b).sum().backward(), batch)
+            out[view] = step_error(w, d._dp.module, d._dp._optimizer,
+                                   lambda b: d._objective.per_sample_loss(d._dp.model, b).sum().backward(), batch)
     return out
 
 
@@ -179,7 +179,7 @@ def raw_mode_handles_empty_batch(w: Workload, mode: str) -> bool:
         loss = lambda b: criterion(model(b[0]), b[1])  # noqa: E731
     else:
         d = distiller(w, mode)
-        model, optimizer = d._model, d._optimizer
+        model, optimizer = d._dp.model, d._dp._optimizer
         loss = lambda b: d._objective.per_sample_loss(model, b).sum()  # noqa: E731
     x, t = w.objective().tensors
     try:
@@ -210,18 +210,18 @@ def round_with_empty_batch(w: Workload, mode: str) -> bool:
         return 0 in sizes and steps == len(sizes)
     settings = DPSettings(grad_sample_mode=mode, planned_rounds=w.rounds, batch_size=1)
     d = DPDistiller(w.teacher, tiny, settings, seed=SEED, mechanism_seed=EMPTY_BATCH_SEED)
-    sizes, step = [], d._optimizer.step
+    sizes, step = [], d._dp._optimizer.step
 
     def counted_step():
-        sizes.append(len(d._optimizer.params[0].grad_sample))
+        sizes.append(len(d._dp._optimizer.params[0].grad_sample))
         return step()
 
-    d._optimizer.step = counted_step
+    d._dp._optimizer.step = counted_step
     try:
         result = d.train_round(w.student_state)
     except (RuntimeError, ValueError):
         return False
-    return 0 in sizes and result.steps == len(sizes) == d.steps_per_round and bool(np.isfinite(result.update).all())
+    return 0 in sizes and result.mechanism.steps == len(sizes) == d.steps_per_round and bool(np.isfinite(result.update).all())
 
 
 Round = tuple[Callable[[], object], Callable[[], object]]  # (untimed preparation, timed round)

@@ -1,10 +1,12 @@
 """The aggregator: owns the student and the probe set, selects cohorts, runs secure rounds.
 
-It only ever holds masked vectors of individual nodes; `SecAggServer.finish` gives it the
-weighted sum, which it amalgamates into the student. `federation.method` picks the algorithm:
-faithful `fedsa` (Grad-CAM selection every `select_every` rounds, backbone amalgamated, fresh head
-at adaptation) or `fedsa+` (one LogME selection, since its scores do not depend on the student;
+It only ever holds masked vectors of individual nodes; `SecAggServer.finish` gives it the sum of
+the survivors' unweighted updates, whose mean it adds to the student (no per-node weight exists
+that could single a node out). `federation.method` picks the algorithm: faithful `fedsa`
+(Grad-CAM selection every `select_every` rounds, backbone amalgamated, fresh head at adaptation)
+or `fedsa+` (LogME selection once per node, since its scores do not depend on the student;
 backbone and target-task head amalgamated, adaptation starting from the amalgamated head).
+A node that restarts sends a Join with its ledger's figures and is asked to select again.
 Adaptation starts from the mean amalgamated student of the last `average_rounds` rounds
 (fedsa.amalgamate.TailAverage), so the result does not swing with one round's DP noise.
 Each round's amalgamated student is checkpointed under `checkpoints/` (round 0: the initial one).
@@ -14,11 +16,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import math
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +40,8 @@ from fedsa_secure.fedsa.output_kd import OutputKDSettings
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
 from fedsa_secure.fedsa.select_plus import concentrated_probabilities
 from fedsa_secure.fedsa.supervised import correct
-from fedsa_secure.models import backbone_state, flatten_state, make_student
+from fedsa_secure.files import atomic_torch_save, atomic_write
+from fedsa_secure.models import backbone_state, flatten_state, make_student, state_digest
 from fedsa_secure.plots import plot_progress
 from fedsa_secure.secagg import messages as sa
 from fedsa_secure.secagg.quantize import required_modulus_bits
@@ -107,9 +111,10 @@ class Aggregator:
         # fedsa+ amalgamates a target-task head: adaptation fine-tunes it instead of starting afresh.
         self.recipe = AdaptRecipe(fresh_head="head" not in self.parts)
         self.scores: dict[str, float] = {}  # the latest transferability each node reported
+        self.selected: set[str] = set()  # nodes that answered selection since they (re)started
         self.nodes = {name: NodeRecord(name) for name in fed.nodes}
         self.rounds: list[RoundRecord] = []
-        self.probabilities = {name: 1.0 / len(fed.nodes) for name in fed.nodes}
+        self.probabilities: dict[str, float] = {}  # selection probability of each scored node
         self._heads_this_round: dict[str, dict[str, Any]] = {}
         self.stopped: str | None = None  # why the run ended before its last round, if it did
         tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
@@ -139,8 +144,8 @@ class Aggregator:
             adapted = None
             for round_number in range(1, fed.rounds + 1):
                 try:
-                    adapted = self._round(round_number, sorted(present))
-                except BudgetsExhausted as exc:
+                    adapted = self._round(round_number, present)
+                except (BudgetsExhausted, AbortRound) as exc:
                     self.stopped = f"stopped before round {round_number}: {exc}"
                     self.report(self.stopped)
                     break
@@ -161,19 +166,19 @@ class Aggregator:
     def _announce(self, port: int) -> None:
         port_file = self.config.aggregator.port_file
         if port_file is not None:
-            _atomic_write(Path(port_file), str(port))
+            atomic_write(Path(port_file), str(port))
         self.report(f"aggregator listening on port {port} (mutual TLS); waiting for {len(self.config.federation.nodes)} nodes")
 
-    def _round(self, number: int, present: list[str]) -> torch.nn.Module | None:
+    def _round(self, number: int, present: set[str]) -> torch.nn.Module | None:
         fed = self.config.federation
         started = time.perf_counter()
-        if fed.method == "fedsa+" and number == 1:
-            self._select_outputs(number, present)
-            log.info("round %d: selection took %.2fs", number, time.perf_counter() - started)
-        elif fed.method == "fedsa" and (number - 1) % fed.select_every == 0:
-            self._select(number, present)
-            log.info("round %d: selection took %.2fs", number, time.perf_counter() - started)
-        names = [n for n in present if n in self.probabilities]
+        present |= self._take_joins()
+        if fed.method == "fedsa" and (number - 1) % fed.select_every == 0:
+            self._select(number, sorted(present), full=True)
+        elif unscored := sorted(present - self.selected):  # round 1 of fedsa+, and any node that (re)joined
+            self._select(number, unscored, full=False)
+        log.info("round %d: selection took %.2fs", number, time.perf_counter() - started)
+        names = sorted(n for n in present if n in self.probabilities)
         cohort = self._draw(names)
         survivors: list[str] = []
         aborted = None
@@ -200,6 +205,19 @@ class Aggregator:
         self.report(self._progress_line(record))
         return adapted
 
+    def _take_joins(self) -> set[str]:
+        """Nodes that (re)started since last asked: record the status their ledger gives; they must select again."""
+        joined = self.server.collect(self.config.federation.nodes, msg.Join, timeout=0)
+        for name, join in joined.items():
+            assert isinstance(join, msg.Join)
+            if dropped := self.server.discard_inbox(name):
+                log.info("%s rejoined: dropped %d queued answers of its previous process", name, dropped)
+            if name in self.selected:
+                self.report(f"{name} restarted; its ledger says epsilon {join.status.epsilon:.3f}; it selects again")
+            self.selected.discard(name)
+            self._record_status(name, join.status)
+        return set(joined)
+
     def _draw(self, names: list[str]) -> list[str]:
         """A cohort drawn by selection probability from the nodes whose budget fits one more round.
 
@@ -209,52 +227,75 @@ class Aggregator:
         size = self.config.federation.cohort_size
         able = [n for n in names if self.nodes[n].fits_next_round]
         if len(able) < size:
-            spent = sorted(set(names) - set(able))
+            spent = sorted(n for n in names if not self.nodes[n].fits_next_round)
             raise BudgetsExhausted(
-                f"{len(able)} of {len(names)} nodes have privacy budget left for another round and a cohort needs {size}; "
-                f"budget spent: {', '.join(spent) or 'none'}"
+                f"{len(able)} of {len(names)} selected nodes have privacy budget left for another round and a cohort "
+                f"needs {size}; budget spent: {', '.join(spent) or 'none'}"
             )
         probs = np.array([self.probabilities[n] for n in able])
         return draw_cohort(able, probs / probs.sum(), size, self.rng)
 
-    def _select(self, number: int, present: list[str]) -> None:
-        # Grad-CAM needs a trained head: use the latest adapted student (Scratch before round 1).
-        maps = gradcam_maps(self.saliency_model, self.probe.x)
-        request = msg.SelectRequest(round=number, probe_images=self.probe.x, student_maps=maps)
-        scores = self._collect_scores(number, present, request)
-        self.probabilities = dict(zip(scores, map(float, selection_probabilities(list(scores.values())))))
+    def _select(self, number: int, names: list[str], *, full: bool) -> None:
+        """Ask `names` for their transferability; `full`: their scores replace everyone's (fedsa's depend on the student).
 
-    def _select_outputs(self, number: int, present: list[str]) -> None:
-        """fedsa+: send the labelled probe set once; each node returns its teacher's LogME score."""
+        `fedsa`: Grad-CAM maps of the latest adapted student (Scratch before round 1) on the probe images.
+        `fedsa+`: the labelled probe set; each node scores its DP teacher's outputs with LogME.
+        """
         probe = self.probe
-        request = msg.OutputSelectRequest(round=number, probe_images=probe.x, probe_labels=probe.y, num_classes=probe.num_classes)
-        scores = self._collect_scores(number, present, request)
-        self.probabilities = dict(zip(scores, map(float, concentrated_probabilities(list(scores.values())))))
-
-    def _collect_scores(self, number: int, present: list[str], request: msg.ServerMessage) -> dict[str, float]:
-        """Each answering node's transferability scalar, sorted by node name; too few answers abort the run."""
-        for name in present:
+        request: msg.ServerMessage
+        if self.config.federation.method == "fedsa":
+            maps = gradcam_maps(self.saliency_model, probe.x)
+            request = msg.SelectRequest(round=number, probe_images=probe.x, student_maps=maps)
+        else:
+            request = msg.OutputSelectRequest(round=number, probe_images=probe.x, probe_labels=probe.y,
+                                              num_classes=probe.num_classes)
+        for name in names:
             self.server.send(name, request)
-        replies = self.server.collect(present, msg.SelectReply, self.config.aggregator.stage_timeout, round=number)
-        names = sorted(replies)
-        if len(names) < self.config.federation.cohort_size:
-            raise AbortRound(f"only {len(names)} nodes answered selection in round {number}")
-        self._record_privacy(names, number)
-        self.scores = {n: float(replies[n].transferability) for n in names}
-        return dict(self.scores)
+        replies = self._gather(names, msg.SelectReply, number)
+        scores = {}
+        for name, reply in sorted(replies.items()):
+            assert isinstance(reply, msg.SelectReply)
+            if math.isfinite(reply.transferability):
+                scores[name] = float(reply.transferability)
+            else:
+                self.report(f"round {number}: {name} answered selection with {reply.transferability}; left out of selection")
+        self._record_privacy(sorted(replies), number)
+        if full:
+            self.scores, self.selected = {}, set()
+        for name in names:
+            self.scores.pop(name, None)
+        self.scores.update(scores)
+        self.selected |= set(scores)
+        if len(self.scores) < self.config.federation.cohort_size:
+            raise AbortRound(f"only {len(self.scores)} nodes have a transferability score in round {number}")
+        ordered = sorted(self.scores)
+        values = [self.scores[n] for n in ordered]
+        if self.config.federation.method == "fedsa":
+            probabilities = selection_probabilities(values)
+        else:
+            probabilities = concentrated_probabilities(values)
+        self.probabilities = dict(zip(ordered, map(float, probabilities)))
+
+    def _gather(self, names: Iterable[str], expect: type | tuple[type, ...], number: int) -> dict[str, msg.ClientMessage]:
+        """Each node's answer of an `expect` type; a node that aborts instead is reported and not waited for."""
+        kinds = (expect if isinstance(expect, tuple) else (expect,)) + (msg.Abort,)
+        answers = self.server.collect(names, kinds, self.config.aggregator.stage_timeout, round=number)
+        for name, answer in list(answers.items()):
+            if isinstance(answer, msg.Abort):
+                self.report(f"round {number}: {name} left: {answer.reason}")
+                del answers[name]
+        return answers
 
     def _secure_round(self, number: int, cohort: list[str]) -> list[str]:
-        """Send the student to the cohort and securely sum their weighted updates into it."""
+        """Send the student to the cohort, securely sum their unweighted updates, and add the survivors' mean to it."""
         started = time.perf_counter()
         state = backbone_state(self.student, self.parts)
-        config = self._secagg_config(number, cohort, flatten_state(state).size)
-        weight = 1.0 / len(cohort)
+        config = self._secagg_config(number, cohort, flatten_state(state).size, state_digest(state))
         for name in cohort:
-            self.server.send(name, msg.TrainRequest(round=number, student_state=state, weight=weight, secagg=config))
+            self.server.send(name, msg.TrainRequest(round=number, student_state=state, secagg=config))
         # With the CA, the server drops a node whose signature fails instead of forwarding it.
         server = SecAggServer(config, TrustAnchor(Path(self.config.tls.ca_cert).read_bytes()))
-        timeout = self.config.aggregator.stage_timeout
-        for name, reply in self.server.collect(cohort, (sa.AdvertiseKeys, msg.Decline), timeout, round=number).items():
+        for name, reply in self._gather(cohort, (sa.AdvertiseKeys, msg.Decline), number).items():
             if isinstance(reply, msg.Decline):
                 self.nodes[name].declines.append(reply.reason)
                 self.nodes[name].fits_next_round = False
@@ -266,13 +307,13 @@ class Aggregator:
         members = [a.sender for a in roster.advertisements]
         for name in members:
             self.server.send(name, roster)
-        for name, reply in self.server.collect(members, sa.ShareKeys, timeout, round=number).items():
+        for name, reply in self._gather(members, sa.ShareKeys, number).items():
             _accept(server.receive_shares, reply, name)
         log.info("round %d: shares collected after %.2fs", number, time.perf_counter() - started)
         deliveries = server.deliveries()
         for name, delivery in deliveries.items():
             self.server.send(name, delivery)
-        masked = self.server.collect(deliveries, sa.MaskedInput, timeout, round=number)
+        masked = self._gather(deliveries, sa.MaskedInput, number)
         for name, reply in masked.items():
             _accept(server.receive_masked, reply, name)
         log.info("round %d: masked inputs collected after %.2fs", number, time.perf_counter() - started)
@@ -280,37 +321,45 @@ class Aggregator:
         check = server.consistency_request()
         for name in check.survivors:
             self.server.send(name, check)
-        for name, reply in self.server.collect(check.survivors, sa.ConsistencyCheckResponse, timeout, round=number).items():
+        for name, reply in self._gather(check.survivors, sa.ConsistencyCheckResponse, number).items():
             _accept(server.receive_consistency, reply, name)
         request = server.unmask_request()
         signers = [signer for signer, _ in request.signatures]
         for name in signers:
             self.server.send(name, request)
-        for name, reply in self.server.collect(signers, sa.UnmaskResponse, timeout, round=number).items():
+        unmasked = self._gather(signers, sa.UnmaskResponse, number)
+        for name, reply in unmasked.items():
             _accept(server.receive_unmask, reply, name)
         total = server.finish()
         for name, reason in server.rejected.items():
             log.warning("dropped %s while unmasking: %s", name, reason)
         log.info("round %d: sum unmasked after %.2fs", number, time.perf_counter() - started)
-        # Weights were 1/|cohort| before masking; rescale so dropouts do not shrink the step.
-        total *= len(cohort) / len(request.survivors)
-        self._dump(f"aggregate-r{number}.npy", total)
-        apply_update(self.student, total, self.parts)
-        self._record_privacy(signers, number)  # nodes report after answering the unmask request
+        mean = total / len(request.survivors)  # each survivor added its update unweighted
+        self._dump(f"aggregate-r{number}.npy", mean)
+        apply_update(self.student, mean, self.parts)
+        self._record_privacy(sorted(unmasked), number)  # nodes report after answering the unmask request
         return list(request.survivors)
 
-    def _record_privacy(self, names: list[str] | tuple[str, ...], number: int) -> None:
+    def _record_privacy(self, names: list[str], number: int) -> None:
         """Nodes send a PrivacyStatus with every selection reply and after every round they trained in."""
-        timeout = self.config.aggregator.stage_timeout
-        for name, status in self.server.collect(names, msg.PrivacyStatus, timeout, round=number).items():
-            record = self.nodes[name]
-            record.epsilon, record.delta = status.epsilon, status.delta
-            record.target_epsilon, record.rounds_trained = status.target_epsilon, status.rounds_trained
-            record.fits_next_round = status.fits_next_round
-            record.ledger_entries, record.ledger_head = status.ledger_entries, status.ledger_head
-            self._heads_this_round[name] = {"entries": status.ledger_entries, "head": status.ledger_head}
+        for name, status in self._gather(names, msg.PrivacyStatus, number).items():
+            assert isinstance(status, msg.PrivacyStatus)
+            self._record_status(name, status)
 
-    def _secagg_config(self, number: int, cohort: list[str], length: int) -> sa.RoundConfig:
+    def _record_status(self, name: str, status: msg.PrivacyStatus) -> None:
+        """Keep what a node's ledger says (its figures are checked, not trusted: the audit compares them with the ledger)."""
+        figures = (status.epsilon, status.delta, status.target_epsilon)
+        if not all(math.isfinite(x) and x >= 0 for x in figures) or status.rounds_trained < 0 or status.ledger_entries < 0:
+            self.report(f"{name} reported an impossible privacy status ({figures}); ignored")
+            return
+        record = self.nodes[name]
+        record.epsilon, record.delta = status.epsilon, status.delta
+        record.target_epsilon, record.rounds_trained = status.target_epsilon, status.rounds_trained
+        record.fits_next_round = status.fits_next_round
+        record.ledger_entries, record.ledger_head = status.ledger_entries, status.ledger_head
+        self._heads_this_round[name] = {"entries": status.ledger_entries, "head": status.ledger_head}
+
+    def _secagg_config(self, number: int, cohort: list[str], length: int, context: bytes) -> sa.RoundConfig:
         spec = sa.QuantizationSpec(clip=self.config.secagg.clip, level_bits=self.config.secagg.level_bits)
         return sa.RoundConfig(
             round=number,
@@ -320,6 +369,7 @@ class Aggregator:
             quantization=spec,
             modulus_bits=required_modulus_bits(len(cohort), spec.level_bits),
             nonce=random_bytes(32),
+            context=context,
         )
 
     def _progress_line(self, record: RoundRecord) -> str:
@@ -364,7 +414,7 @@ class Aggregator:
         }
 
     def _save(self, adapted: torch.nn.Module, summary: dict[str, Any]) -> None:
-        _atomic_torch_save(adapted.state_dict(), self.run_dir / "student.pt")
+        atomic_torch_save(adapted.state_dict(), self.run_dir / "student.pt")
         metadata = {
             "method": self.config.federation.method,
             "architecture": type(adapted).__name__,
@@ -376,13 +426,13 @@ class Aggregator:
             "dataset": self.config.federation.dataset,
             "seed": self.config.federation.seed,
         }
-        _atomic_write(self.run_dir / "student.json", json.dumps(metadata, indent=2))
-        _atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
+        atomic_write(self.run_dir / "student.json", json.dumps(metadata, indent=2))
+        atomic_write(self.run_dir / "summary.json", json.dumps(summary, indent=2))
         plot_progress(summary, self.run_dir / "progress.png")
 
     def _checkpoint(self, number: int) -> None:
         """The amalgamated student after round `number` (before adaptation), for resuming and for checking sums."""
-        _atomic_torch_save(self.student.state_dict(), self.run_dir / "checkpoints" / f"student-r{number}.pt")
+        atomic_torch_save(self.student.state_dict(), self.run_dir / "checkpoints" / f"student-r{number}.pt")
 
     def _dump(self, name: str, array: np.ndarray) -> None:
         dump_dir = self.config.testing.dump_dir
@@ -405,20 +455,6 @@ def _accept(receive: Callable[[Any], None], message: Any, sender: str) -> None:
         receive(message)
     except (ProtocolError, IntegrityError) as exc:
         log.warning("dropping %s from the round: %s", sender, exc)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_text(text, encoding="utf-8")
-    os.replace(temp, path)
-
-
-def _atomic_torch_save(state: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, temp)
-    os.replace(temp, path)
 
 
 def run_aggregator(config: AggregatorConfig, report: Callable[[str], None] = print) -> dict[str, Any]:

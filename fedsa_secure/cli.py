@@ -50,7 +50,11 @@ def _parser() -> argparse.ArgumentParser:
                       help=f"each node's passes over its records per round (default {DemoOptions.local_epochs}); "
                            "DP noise covers them all")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data split and models (default 0)")
-    demo.add_argument("--epsilon", type=float, default=8.0, help="privacy budget per node (default 8)")
+    demo.add_argument("--epsilon", type=float, default=DemoOptions.target_epsilon,
+                      help="privacy budget of each node's records, teacher training included (default 8)")
+    demo.add_argument("--teacher-share", type=float, default=DemoOptions.teacher_share, metavar="F",
+                      help="share of the budget each node's DP teacher spends on its own; the rounds compose on top "
+                           f"(default {DemoOptions.teacher_share})")
     demo.add_argument("--test-dump-dir", type=Path, help=argparse.SUPPRESS)  # tests only: writes plaintext updates
     demo.set_defaults(handler=_demo)
 
@@ -60,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--empirical", action="store_true",
                        help="also run a canary audit (Steinke et al. 2023) of the node that spent most")
     audit.add_argument("--out", type=Path, help="where report.json and report.html go (default: the run directory)")
+    audit.add_argument("--nodes", type=Path, metavar="DIR",
+                       help="the node state dirs (DIR/<node>/...) when they are not the run directory's nodes/")
     audit.set_defaults(handler=_audit)
 
     keys = commands.add_parser("keys", help="federation CA and certificates")
@@ -73,6 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     issue.add_argument("--name", required=True, help="party name: the certificate's common name")
     issue.add_argument("--out", type=Path, required=True)
     issue.add_argument("--host", action="append", default=[], help="DNS name or IP the party serves on (repeatable)")
+    issue.add_argument("--role", choices=("node", "aggregator"), default="node",
+                       help="node (TLS client, signs secure-aggregation keys; default) or aggregator (TLS server)")
     issue.set_defaults(handler=_keys_issue)
     request = key_commands.add_parser("request", help="create a private key and signing request (party side)")
     request.add_argument("--name", required=True)
@@ -83,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--csr", type=Path, required=True)
     sign.add_argument("--out", type=Path, required=True)
     sign.add_argument("--host", action="append", default=[])
+    sign.add_argument("--role", choices=("node", "aggregator"), default="node",
+                      help="node (default) or aggregator: the CA decides, not the request")
     sign.set_defaults(handler=_keys_sign)
 
     from fedsa_secure.experiment.command import add_parser as add_experiment
@@ -102,7 +112,7 @@ def _demo(args: argparse.Namespace) -> int:
     options = DemoOptions(out=args.out, method=args.method, dataset=args.dataset,
                           rounds=args.rounds, planned_rounds=args.planned_rounds, local_epochs=args.local_epochs,
                           seed=args.seed,
-                          target_epsilon=args.epsilon, dump_dir=args.test_dump_dir)
+                          target_epsilon=args.epsilon, teacher_share=args.teacher_share, dump_dir=args.test_dump_dir)
     summary = run_demo(options)
     print()
     print(format_table(summary))
@@ -118,7 +128,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from fedsa_secure.privacy.audit import run_audit
 
-    return run_audit(args.path, json_output=args.json, empirical=args.empirical, out=args.out)
+    return run_audit(args.path, json_output=args.json, empirical=args.empirical, out=args.out, nodes=args.nodes)
 
 
 def _keys_ca(args: argparse.Namespace) -> int:
@@ -132,7 +142,7 @@ def _keys_ca(args: argparse.Namespace) -> int:
 def _keys_issue(args: argparse.Namespace) -> int:
     from fedsa_secure.crypto.pki import issue_certificate
 
-    cert, key = issue_certificate(args.ca / "ca.pem", args.ca / "ca.key", args.name, args.out, hosts=args.host)
+    cert, key = issue_certificate(args.ca / "ca.pem", args.ca / "ca.key", args.name, args.out, hosts=args.host, role=args.role)
     print(f"certificate {cert}\nprivate key {key}")
     return 0
 
@@ -148,7 +158,7 @@ def _keys_request(args: argparse.Namespace) -> int:
 def _keys_sign(args: argparse.Namespace) -> int:
     from fedsa_secure.crypto.pki import sign_request
 
-    cert = sign_request(args.ca / "ca.pem", args.ca / "ca.key", args.csr, args.out, hosts=args.host)
+    cert = sign_request(args.ca / "ca.pem", args.ca / "ca.key", args.csr, args.out, hosts=args.host, role=args.role)
     print(f"certificate {cert} (send it back with ca.pem)")
     return 0
 

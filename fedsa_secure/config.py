@@ -9,6 +9,7 @@ the file, the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -38,7 +39,7 @@ class TlsConfig:
 class SecAggConfig:
     """Fixed-point encoding and threshold of the secure sum."""
 
-    clip: float = field(default=0.5, metadata=_range(1e-6, 1e6))
+    clip: float = field(default=1.0, metadata=_range(1e-6, 1e6))  # nodes send unweighted updates; DP-SGD keeps them far inside
     level_bits: int = field(default=16, metadata=_range(2, 24))
     threshold: int = field(default=0, metadata=_range(0, 10_000))  # 0: derive from the cohort size
 
@@ -97,12 +98,20 @@ class AggregatorConfig:
 
 @dataclass(frozen=True)
 class NodeSection:
+    """Who the node is, whom it dials, where its records' privacy state lives, and what rounds it accepts."""
+
     name: str
     aggregator: str
-    run_dir: Path
+    # The node's ledger and DP teacher, one directory per record set (privacy.state): keep it across runs,
+    # since a new directory is a new budget for the same records.
+    state_dir: Path
     server_name: str | None = None
     poll_wait: float = field(default=5.0, metadata=_range(0.1, 60))
     rpc_timeout: float = field(default=120.0, metadata=_range(1, 3_600))
+    # The smallest secure sum this node takes part in, whatever the aggregator asks: a sum over
+    # fewer inputs says more about each (two reveal each other).
+    min_participants: int = field(default=3, metadata=_range(3, 10_000))
+    min_threshold: int = field(default=3, metadata=_range(3, 10_000))
 
 
 @dataclass(frozen=True)
@@ -113,7 +122,12 @@ class DataSection:
 
 @dataclass(frozen=True)
 class PrivacySection:
+    """The budget of the node's records: everything trained on them (its teacher, every round) spends from it."""
+
     target_epsilon: float = field(default=8.0, metadata=_range(0.01, 1_000))
+    # The teacher's DP-SGD is calibrated to spend this share of target_epsilon on its own; the
+    # distillation rounds compose on top up to target_epsilon (chosen by measurement, docs/privacy.md).
+    teacher_share: float = field(default=0.5, metadata=_range(0.05, 0.95))
     delta: float = field(default=1e-5, metadata=_range(1e-12, 0.1))
     planned_rounds: int = field(default=5, metadata=_range(1, 10_000))
     local_epochs: int = field(default=2, metadata=_range(1, 1_000))  # passes over the records per round; noise covers them all
@@ -213,6 +227,8 @@ def _coerce(value: Any, hint: Any, key: str, path: Path, meta: Any) -> Any:
         return (path.parent / value) if not Path(value).is_absolute() else Path(value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{path}: {key!r} is {value!r}; it must be a finite number")
     if not isinstance(value, hint) or isinstance(value, bool) != (hint is bool):
         raise ConfigError(f"{path}: {key!r} must be of type {hint.__name__}, got {value!r}")
     if "choices" in meta and value not in meta["choices"]:
@@ -239,6 +255,7 @@ class DemoOptions:
     local_epochs: int = 1  # each node's passes over its records per round
     seed: int = 0
     target_epsilon: float = 8.0
+    teacher_share: float = PrivacySection.teacher_share  # of target_epsilon, spent by each node's DP teacher alone
     delta: float = 1e-5
     dump_dir: Path | None = None  # test-only: nodes and aggregator write plaintext/masked vectors here
     startup_timeout: float = 120.0

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from fedsa_secure.config import DemoOptions
-from fedsa_secure.crypto.pki import create_ca, issue_certificate
+from fedsa_secure.crypto.pki import AGGREGATOR as AGGREGATOR_ROLE
+from fedsa_secure.crypto.pki import NODE, create_ca, issue_certificate
 from fedsa_secure.data import federation
 from fedsa_secure.errors import FedsaError
 from fedsa_secure.privacy.report import write_report
 
 AGGREGATOR = "aggregator"
+NODES_DIR = "nodes"  # each node's state_dir (ledger and DP teacher) is <run_dir>/nodes/<name>
 HOSTS = ("localhost", "127.0.0.1")
 
 
@@ -50,7 +52,9 @@ def write_toml(path: Path, tables: dict[str, dict[str, Any]]) -> Path:
 def make_keys(keys_dir: Path, names: list[str]) -> tuple[Path, dict[str, tuple[Path, Path]]]:
     """A fresh federation CA and one certificate per party (the demo plays every party)."""
     ca_cert, ca_key = create_ca(keys_dir)
-    issued = {name: issue_certificate(ca_cert, ca_key, name, keys_dir, hosts=HOSTS) for name in names}
+    issued = {name: issue_certificate(ca_cert, ca_key, name, keys_dir, hosts=HOSTS,
+                                      role=AGGREGATOR_ROLE if name == AGGREGATOR else NODE)
+              for name in names}
     return ca_cert, issued
 
 
@@ -71,10 +75,13 @@ def write_configs(run_dir: Path, options: DemoOptions, ca: Path, certs: dict[str
     for name in names:
         cert, key = certs[name]
         nodes[name] = write_toml(config_dir / f"{name}.toml", {
-            "node": {"name": name, "aggregator": "127.0.0.1:PORT", "run_dir": run_dir.resolve(), "server_name": AGGREGATOR},
+            # A fresh privacy state per demo run: each demo is a new federation of made-up parties.
+            "node": {"name": name, "aggregator": "127.0.0.1:PORT", "state_dir": (run_dir / NODES_DIR / name).resolve(),
+                     "server_name": AGGREGATOR},
             "data": {"dataset": options.dataset, "seed": options.seed},
-            "privacy": {"target_epsilon": options.target_epsilon, "delta": options.delta, "planned_rounds": options.planned_rounds or options.rounds,
-                        "local_epochs": options.local_epochs},
+            "privacy": {"target_epsilon": options.target_epsilon, "delta": options.delta,
+                        "teacher_share": options.teacher_share,
+                        "planned_rounds": options.planned_rounds or options.rounds, "local_epochs": options.local_epochs},
             "tls": {"ca_cert": ca.resolve(), "cert": cert.resolve(), "key": key.resolve()},
             "testing": testing,
         })
@@ -105,6 +112,8 @@ def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
     run_dir = options.out or default_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     print(f"run directory: {run_dir}", file=echo, flush=True)
+    print(f"each node keeps its ledger and DP teacher in {run_dir / NODES_DIR}/<node>: a fresh privacy budget for this "
+          "demo's made-up parties (a deployed node keeps its state_dir across runs)", file=echo, flush=True)
     ca, certs = make_keys(run_dir / "keys", [AGGREGATOR, *federation(options.dataset).nodes])
     aggregator_toml, node_tomls = write_configs(run_dir, options, ca, certs)
     logs = run_dir / "logs"
@@ -136,6 +145,17 @@ def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
     return summary
 
 
+def guarantee_line(summary: dict[str, Any]) -> str:
+    """The run's privacy guarantee in one line, as the report states it first."""
+    nodes = [n for n in summary["nodes"] if n["epsilon"] is not None]
+    worst = max((n["epsilon"] for n in nodes), default=0.0)
+    delta = max((n["delta"] for n in nodes), default=0.0)
+    return (
+        f"guarantee: every node's records are ({worst:.2f}, {delta:.0e})-DP or better against everyone, the aggregator "
+        "included, for everything each node released (its teacher's training and every round); details in the report"
+    )
+
+
 def format_table(summary: dict[str, Any]) -> str:
     rows = [
         f"dataset {summary['dataset']}, {summary['probe_size']} probe labels, {summary['test_size']} test records",
@@ -143,6 +163,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{'Scratch (probe labels only)':<34} {summary['scratch_accuracy']:>13.4f}",
         f"{summary['method'] + ' (DP + SecAgg + mTLS)':<34} {summary['student_accuracy']:>13.4f}",
         _difference_line(summary["student_minus_scratch"], summary["test_size"]),
+        guarantee_line(summary),
         "",
         f"{'node':<10} {'epsilon':>8} {'budget':>8} {'delta':>8} {'rounds trained':>15}",
     ]

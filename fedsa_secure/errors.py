@@ -17,6 +17,10 @@ class IntegrityError(FedsaError):
     """Authenticated data failed verification (tampered ciphertext, wrong key, wrong context)."""
 
 
+class SignatureError(IntegrityError):
+    """A signature does not verify under the certified key of the party it claims to come from."""
+
+
 class ProtocolError(FedsaError):
     """A secure-aggregation message is out of order, repeated, malformed or from another session."""
 

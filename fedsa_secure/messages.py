@@ -45,17 +45,36 @@ class SelectReply:
 
 @dataclass(frozen=True)
 class TrainRequest:
-    """Aggregator -> cohort node: current student parameters it trains and the secure-aggregation round it joins."""
+    """Aggregator -> cohort node: current student parameters it trains and the secure-aggregation round it joins.
+
+    Every participant adds its update unweighted and the aggregator divides the sum by the
+    survivors, so no weight is sent that could single one node out. `secagg.context` must be the
+    digest of `student_state` (models.state_digest): the node checks it, and the session id binds
+    it, so nodes that were sent different models cannot complete a round together.
+    """
 
     round: int
     student_state: dict[str, np.ndarray]  # float32; the backbone (`fedsa`), or backbone and head (`fedsa+`)
-    weight: float  # w_i, applied by the node before masking
     secagg: sa.RoundConfig
 
 
 @dataclass(frozen=True)
 class Decline:
-    """Node -> aggregator: the node will not train this round, and why (e.g. budget exhausted)."""
+    """Node -> aggregator: the node will not train this round because its privacy budget would not allow it."""
+
+    round: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Node -> aggregator: the node leaves this round (or refuses a request) for the reason given.
+
+    Sent instead of an answer whenever the node refuses what it was asked (a cohort or threshold
+    below its own minimum, a model that does not match the session, a second selection request
+    in a round, a malformed input) or cannot complete a stage; the aggregator logs the reason
+    and stops waiting for this node in this round.
+    """
 
     round: int
     reason: str
@@ -63,7 +82,7 @@ class Decline:
 
 @dataclass(frozen=True)
 class PrivacyStatus:
-    """Node -> aggregator after a round: public privacy accounting, for progress and the summary."""
+    """Node -> aggregator after a selection or a round: its ledger's figures, for progress and the summary."""
 
     round: int
     epsilon: float
@@ -73,6 +92,16 @@ class PrivacyStatus:
     fits_next_round: bool  # the node's own budget check for one more round; it declines otherwise
     ledger_entries: int  # with ledger_head: a witness the audit checks the node's ledger against
     ledger_head: str
+
+
+@dataclass(frozen=True)
+class Join:
+    """Node -> aggregator, once per process start: it is (again) ready, with the privacy status its ledger gives.
+
+    A node that restarted has forgotten its selection state; the aggregator asks it to select again.
+    """
+
+    status: PrivacyStatus
 
 
 @dataclass(frozen=True)
@@ -92,6 +121,6 @@ ServerMessage = (
     | Shutdown | Wait
 )
 ClientMessage = (
-    SelectReply | Decline | PrivacyStatus | sa.AdvertiseKeys | sa.ShareKeys | sa.MaskedInput
+    SelectReply | Decline | Abort | Join | PrivacyStatus | sa.AdvertiseKeys | sa.ShareKeys | sa.MaskedInput
     | sa.ConsistencyCheckResponse | sa.UnmaskResponse
 )

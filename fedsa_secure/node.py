@@ -1,11 +1,18 @@
-"""One node: its teacher, its private data, a DP trainer, a privacy ledger and a secagg client.
+"""One node: its records, its DP teacher, a DP trainer, its privacy ledger and a secagg client.
 
-The node dials the aggregator and answers what it is asked. Nothing about the teacher or
-the data leaves except one transferability scalar per selection and the masked proxy update.
-The aggregator's first selection request fixes the method for the whole run (one accountant,
-one objective): a Grad-CAM `SelectRequest` means faithful `fedsa` (FitNets features, backbone
-released); an `OutputSelectRequest` means `fedsa+` (LogME score, output distillation through a
-map fitted here on the probe labels, backbone and head released).
+Every use of the node's records is DP-SGD whose charge is in the node's ledger before anything
+derived from it leaves: the teacher's training (once per record set, at start) and every
+distillation round. Everything else the node sends is computed from those DP releases, from what
+the aggregator sent, or from the ledger: transferability scores and output maps are
+post-processing of the DP teacher on the aggregator's own probe images.
+
+The node defends its guarantee whatever the aggregator sends: it refuses a round with fewer
+participants or a lower threshold than its own minimum, a model that is not the one the round's
+session binds, a second selection request in a round, and malformed arrays, each with an Abort
+that says why. The aggregator's first selection request fixes the method for the whole run
+(one accountant, one objective): a Grad-CAM `SelectRequest` means faithful `fedsa` (FitNets
+features, backbone released); an `OutputSelectRequest` means `fedsa+` (LogME score, output
+distillation through a map fitted here on the probe labels, backbone and head released).
 """
 
 from __future__ import annotations
@@ -18,48 +25,77 @@ import numpy as np
 import torch
 
 from fedsa_secure import messages as msg
+from fedsa_secure.checks import check_labels, check_maps, check_records, check_state
 from fedsa_secure.config import NodeConfig
-from fedsa_secure.data import LabelledSet, federation, task_input
-from fedsa_secure.errors import FedsaError, ProtocolError
-from fedsa_secure.fedsa.distill import DPDistiller, DPSettings, FeatureObjective, Objective
+from fedsa_secure.crypto import SYSTEM, Randomness
+from fedsa_secure.data import LabelledSet, NodeData, federation, task_input
+from fedsa_secure.errors import ConfigError, FedsaError, LedgerError, ProtocolError
+from fedsa_secure.fedsa.distill import DistillationPlan, DPDistiller, DPSettings, FeatureObjective, Objective
 from fedsa_secure.fedsa.output_kd import OutputObjective, fit_output_map
 from fedsa_secure.fedsa.saliency import gradcam_maps, transferability
 from fedsa_secure.fedsa.select_plus import output_transferability
-from fedsa_secure.fedsa.teacher import load_or_train_teacher
-from fedsa_secure.models import backbone_state
-from fedsa_secure.privacy.accounting import library_versions
-from fedsa_secure.privacy.ledger import Ledger
+from fedsa_secure.fedsa.teacher import TeacherPrivacy, node_teacher
+from fedsa_secure.models import backbone_state, make_teacher, state_digest
+from fedsa_secure.privacy.accounting import fits_budget
+from fedsa_secure.privacy.state import PrivacyState
 from fedsa_secure.secagg import messages as sa
 from fedsa_secure.secagg.client import SecAggClient
 from fedsa_secure.secagg.identity import Credentials
+from fedsa_secure.secagg.session import validate_config
 from fedsa_secure.transport.client import AggregatorClient
 from fedsa_secure.transport.tls import TlsFiles
 
 log = logging.getLogger("fedsa_secure.node")
+SECAGG_STAGES = (sa.Roster, sa.ShareDelivery, sa.ConsistencyCheckRequest, sa.UnmaskRequest)
 
 
 class Node:
-    """Serves the aggregator's requests until it says the run is over."""
+    """Serves the aggregator's requests until it says the run is over.
 
-    def __init__(self, config: NodeConfig) -> None:
+    `data` replaces the configured dataset's shard; `mechanism_seed` makes the DP noise
+    reproducible and `randomness` the secure-aggregation keys: both for tests only.
+    """
+
+    def __init__(
+        self, config: NodeConfig, *, data: NodeData | None = None, mechanism_seed: int | None = None,
+        randomness: Randomness = SYSTEM,
+    ) -> None:
         self.config = config
         self.name = config.node.name
         self.tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
         self.tls.load()  # fail on a bad key file now, not after training the teacher
-        run_dir = Path(config.node.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dataset = config.data.dataset
-        self.data = federation(dataset).node(self.name, config.data.seed)
+        if (certified := self.tls.common_name()) != self.name:
+            raise ConfigError(
+                f"node.name is {self.name!r} but this node's certificate ({config.tls.cert}) is issued to {certified!r}: "
+                "set node.name to the certificate's name, or use the certificate issued to this node"
+            )
+        self.data = data or federation(config.data.dataset).node(self.name, config.data.seed)
+        self.state = PrivacyState.open(config.node.state_dir, self.name, self.data.train)
+        self._log_state()
+        privacy = config.privacy
         started = time.perf_counter()
-        teacher_file = run_dir / "teachers" / f"{dataset}-{self.name}.pt"
-        self.teacher = load_or_train_teacher(self.data, teacher_file, config.data.seed)
-        log.info("%s: teacher for task %s ready in %.1fs", self.name, self.data.task, time.perf_counter() - started)
+        self.teacher = node_teacher(
+            self.state, self.data, TeacherPrivacy(privacy.teacher_share * privacy.target_epsilon, privacy.delta, privacy.accountant),
+            privacy.target_epsilon, config.data.seed, mechanism_seed=mechanism_seed,
+        )
+        log.info("%s: DP teacher for task %s ready in %.1fs; epsilon %.4f of %g spent", self.name, self.data.task,
+                 time.perf_counter() - started, self.state.epsilon(), privacy.target_epsilon)
+        self.settings = DPSettings(
+            target_epsilon=privacy.target_epsilon,
+            delta=privacy.delta,
+            planned_rounds=privacy.planned_rounds,
+            local_epochs=privacy.local_epochs,
+            accountant=privacy.accountant,
+        )
+        self.plan = DistillationPlan.make(len(self.data.train), self.settings, self.state.teacher_history())
+        self._mechanism_seed = None if mechanism_seed is None else mechanism_seed + 2
+        self._randomness = randomness
         self.method: str | None = None  # fixed by the first selection request
         self.distiller: DPDistiller | None = None
         self.released: tuple[str, ...] = ()
         self._expected_state: dict[str, tuple[int, ...]] = {}  # names and shapes of the parameters it trains
         self._score: float | None = None  # fedsa+: LogME does not depend on the student; computed once
-        self.ledger = Ledger(run_dir / "ledgers" / f"{self.name}.jsonl")
+        self._selected_round = 0  # the last round whose selection request this node answered
         self.dump_dir = config.testing.dump_dir
         if self.dump_dir is not None:
             log.warning("%s: TEST MODE: plaintext updates are written to %s", self.name, self.dump_dir)
@@ -67,24 +103,47 @@ class Node:
         self._update: np.ndarray | None = None
         self._round = 0
 
+    def _log_state(self) -> None:
+        state = self.state
+        if state.ledger.rolled_back:
+            log.warning("%s: rolled back a ledger line that a crash cut short (its update never left)", self.name)
+        log.info("%s: ledger %s verified: %d entries, epsilon %.4f spent on these records so far",
+                 self.name, state.ledger.path, len(state.ledger), state.epsilon())
+        if state.other_record_sets:
+            log.warning(
+                "%s: %s also holds ledgers for %d other record set(s) (%s); records they share with these ones "
+                "are charged in each ledger, and their epsilons add up", self.name, self.config.node.state_dir,
+                len(state.other_record_sets), ", ".join(state.other_record_sets),
+            )
+
     def run(self) -> None:
         node = self.config.node
         with AggregatorClient(node.aggregator, self.tls, rpc_timeout=node.rpc_timeout, server_name=node.server_name) as client:
             log.info("%s: connected to %s", self.name, node.aggregator)
+            client.send(self.join())
             while True:
                 request = client.poll(wait=node.poll_wait)
                 if isinstance(request, msg.Shutdown):
                     log.info("%s: aggregator ended the run: %s", self.name, request.reason)
                     return
                 answering = getattr(request, "round", self._round)  # secagg stages belong to the round trained
-                for reply in self._handle(request):
+                for reply in self.handle(request):
                     client.send(reply, round=answering)
 
-    def _handle(self, request: msg.ServerMessage) -> list[msg.ClientMessage]:
-        """Answer one request; a protocol violation drops this node from the round, never crashes it."""
+    def join(self) -> msg.Join:
+        """What the node says when it (re)connects: the privacy status its ledger gives."""
+        return msg.Join(self._status())
+
+    def handle(self, request: msg.ServerMessage) -> list[msg.ClientMessage]:
+        """Answer one request; anything refused or failed becomes an Abort with the reason, never a crash."""
+        answering = getattr(request, "round", self._round)
+        if self._secagg is None and self._round == 0 and isinstance(request, SECAGG_STAGES):
+            # Queued for this node's previous process (it restarted mid-round): no round of this process to leave.
+            log.info("%s: ignoring a %s queued before this process started", self.name, type(request).__name__)
+            return []
         try:
             match request:
-                case msg.Wait():
+                case msg.Wait() | msg.Shutdown():
                     return []
                 case msg.SelectRequest():
                     return [self._select(request), self._status()]
@@ -105,9 +164,13 @@ class Node:
                     self._secagg, self._update = None, None
                     return [response, self._status()]
         except FedsaError as exc:
-            log.warning("%s: leaving round %d: %s", self.name, self._round, exc)
-            self._secagg, self._update = None, None
-        return []
+            log.warning("%s: leaving round %d: %s", self.name, answering, exc)
+            reason = str(exc)
+        except Exception as exc:  # a bug, not the aggregator's fault: keep serving, but say so loudly
+            log.exception("%s: failed to answer %s", self.name, type(request).__name__)
+            reason = f"internal error answering {type(request).__name__} ({type(exc).__name__}); see the node's log"
+        self._secagg, self._update = None, None
+        return [msg.Abort(round=answering, reason=f"{self.name}: {reason}")]
 
     def _client(self) -> SecAggClient:
         if self._secagg is None:
@@ -115,16 +178,14 @@ class Node:
         return self._secagg
 
     def _start(self, method: str, objective: Objective) -> None:
-        """Fix the method and build the run's single DP trainer (one accountant for every round)."""
-        privacy = self.config.privacy
-        settings = DPSettings(
-            target_epsilon=privacy.target_epsilon,
-            delta=privacy.delta,
-            planned_rounds=privacy.planned_rounds,
-            local_epochs=privacy.local_epochs,
-            accountant=privacy.accountant,
+        """Fix the method and build the run's DP trainer, its accountant starting from the ledger."""
+        self.distiller = DPDistiller(
+            self.teacher, self.data, self.settings, seed=self.config.data.seed, objective=objective,
+            ledger_history=self.state.history(), teacher_history=self.state.teacher_history(),
+            mechanism_seed=self._mechanism_seed,
         )
-        self.distiller = DPDistiller(self.teacher, self.data, settings, seed=self.config.data.seed, objective=objective)
+        if self.distiller.plan != self.plan:
+            raise AssertionError("the trainer's mechanism differs from the node's plan")
         self.method, self.released = method, objective.released
         self._expected_state = {k: v.shape for k, v in backbone_state(objective.module, objective.released).items()}
         log.info("%s: running %s; releases %s", self.name, method, " + ".join(self.released))
@@ -135,41 +196,81 @@ class Node:
             raise ProtocolError(f"{self.name} runs {self.method} for this whole run; the aggregator now asks for {method}")
         return self.method is None
 
+    def _check_selection_round(self, round_number: int) -> None:
+        """One selection answer per round: a request for a round already answered (or an earlier one) is refused."""
+        if round_number <= self._selected_round:
+            raise ProtocolError(
+                f"selection request for round {round_number} refused: this node answered one for round "
+                f"{self._selected_round} already (one answer per round)"
+            )
+
     def _select(self, request: msg.SelectRequest) -> msg.SelectReply:
+        """`fedsa`: Grad-CAM transferability of the DP teacher on the aggregator's probe images."""
+        self._check_selection_round(request.round)
+        images = check_records(request.probe_images, self.data.train.x.shape[1:], "SelectRequest.probe_images")
+        maps = check_maps(request.student_maps, len(images), "SelectRequest.student_maps")
         if self._check_method("fedsa"):
             self._start("fedsa", FeatureObjective(self.teacher, self.data, self.config.data.seed))
-        maps = gradcam_maps(self.teacher, task_input(self.data.task, request.probe_images), size=request.student_maps.shape[-1])
-        score = transferability(request.student_maps, maps)
-        log.info("%s: round %d transferability %.4f", self.name, request.round, score)
+        teacher_maps = gradcam_maps(self.teacher, task_input(self.data.task, images), size=maps.shape[-1])
+        score = transferability(maps, teacher_maps)
+        self._selected_round = request.round
+        log.info("%s: round %d transferability %.4f (post-processing of the DP teacher)", self.name, request.round, score)
         return msg.SelectReply(round=request.round, transferability=float(score))
 
     def _select_outputs(self, request: msg.OutputSelectRequest) -> msg.SelectReply:
-        """`fedsa+`: LogME of the teacher's logits on the probe set; the output map fitted here stays here."""
+        """`fedsa+`: LogME of the DP teacher's logits on the probe set; the output map fitted here stays here."""
+        self._check_selection_round(request.round)
+        where = "OutputSelectRequest"
+        images = check_records(request.probe_images, self.data.train.x.shape[1:], f"{where}.probe_images")
+        labels = check_labels(request.probe_labels, len(images), request.num_classes, f"{where}.probe_labels")
         if self._check_method("fedsa+"):
-            probe = LabelledSet(request.probe_images, request.probe_labels, request.num_classes)
-            if probe.x.shape[1:] != self.data.train.x.shape[1:]:
-                raise ProtocolError(
-                    f"probe images have shape {probe.x.shape[1:]} but this node's records {self.data.train.x.shape[1:]}: "
-                    f"is the aggregator running another dataset than {self.config.data.dataset}?"
-                )
-            self._score = output_transferability(self.teacher, self.data.task, probe)
+            probe = LabelledSet(images, labels, request.num_classes)
+            initial = make_teacher(self.data.train.num_classes, self.config.data.seed)  # where its training started
+            self._score = output_transferability(self.teacher, self.data.task, probe, initial)
             output_map = fit_output_map(self.teacher, self.data.task, probe)
             self._start("fedsa+", OutputObjective(self.teacher, self.data, output_map, self.config.data.seed))
-            log.info("%s: LogME transferability %.4f", self.name, self._score)
+            log.info("%s: LogME transferability %.4f (post-processing of the DP teacher)", self.name, self._score)
         assert self._score is not None
+        self._selected_round = request.round
         return msg.SelectReply(round=request.round, transferability=self._score)
+
+    def _check_round(self, request: msg.TrainRequest) -> None:
+        """Refuse, before any training, a round this node's own configuration or the protocol does not allow."""
+        config, node = request.secagg, self.config.node
+        where = f"round {request.round} refused"
+        if config.round != request.round:
+            raise ProtocolError(f"{where}: its secure-aggregation config is for round {config.round}")
+        try:
+            validate_config(config)  # what SecAggClient checks too, but before this node spends anything
+        except ProtocolError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
+        if len(config.participants) < node.min_participants:
+            raise ProtocolError(
+                f"{where}: {len(config.participants)} participants; {self.name} takes part only in secure sums of "
+                f"at least {node.min_participants} (node.min_participants)"
+            )
+        if config.threshold < node.min_threshold:
+            raise ProtocolError(
+                f"{where}: threshold {config.threshold}; {self.name} accepts no threshold below {node.min_threshold} "
+                "(node.min_threshold)"
+            )
+        if self.name not in config.participants:
+            raise ProtocolError(f"{where}: {self.name} is not among its participants")
+        check_state(request.student_state, self._expected_state, f"{where}: the student sent for {self.method}")
+        length = sum(int(np.prod(shape)) for shape in self._expected_state.values())
+        if config.vector_length != length:
+            raise ProtocolError(f"{where}: vector_length {config.vector_length}, but {self.method} releases {length} numbers")
+        if config.context != state_digest(request.student_state):
+            raise ProtocolError(
+                f"{where}: the model sent is not the one the round's session binds (its digest differs from the "
+                "config's context); nodes sent different models must not complete a round together"
+            )
 
     def _train(self, request: msg.TrainRequest) -> msg.ClientMessage:
         self._round = request.round
         if self.distiller is None:
             raise ProtocolError(f"{self.name} was asked to train in round {request.round} before any selection request")
-        shapes = {k: v.shape for k, v in request.student_state.items()}
-        if shapes != self._expected_state:
-            missing, extra = sorted(set(self._expected_state) - set(shapes)), sorted(set(shapes) - set(self._expected_state))
-            raise ProtocolError(
-                f"round {request.round}: the student parameters sent do not match what {self.method} trains "
-                f"({' + '.join(self.released)}): missing {missing}, unexpected {extra}, or shapes differ"
-            )
+        self._check_round(request)
         if not self.distiller.fits_budget():
             reason = (
                 f"{self.name} declines round {request.round}: one more round would spend epsilon "
@@ -179,46 +280,39 @@ class Node:
             return msg.Decline(round=request.round, reason=reason)
         started = time.perf_counter()
         result = self.distiller.train_round(request.student_state)
-        self.ledger.append(  # write-ahead: the charge is on disk before the update can leave
-            {
-                "node": self.name,
-                "round": request.round,
-                "method": self.method,
-                "time": time.time(),
-                "noise_multiplier": result.noise_multiplier,
-                "sample_rate": result.sample_rate,
-                "steps": result.steps,
-                "max_grad_norm": result.max_grad_norm,
-                "delta": result.delta,
-                "accountant": result.accountant,
-                "epsilon": result.epsilon,
-                "target_epsilon": self.config.privacy.target_epsilon,
-                "versions": library_versions(),
-            }
-        )
-        log.info(
-            "%s: round %d trained in %.1fs, loss %.4f, epsilon %.3f",
-            self.name, request.round, time.perf_counter() - started, result.train_loss, result.epsilon,
-        )
-        self._update = result.update.astype(np.float32, copy=False) * np.float32(request.weight)  # float32 into masking
+        try:  # write-ahead: the charge is on disk before the update can leave
+            self.state.charge("distillation", request.round, result.mechanism, self.config.privacy.target_epsilon,
+                              method=self.method)
+        except LedgerError:
+            self.distiller.sync(self.state.history())  # not written, not released: not charged
+            raise
+        log.info("%s: round %d trained in %.1fs; epsilon %.3f", self.name, request.round,
+                 time.perf_counter() - started, self.state.epsilon())
+        self._update = result.update  # float32 into masking, unweighted: the aggregator divides the sum
         if self.dump_dir is not None:
             Path(self.dump_dir).mkdir(parents=True, exist_ok=True)
             np.save(Path(self.dump_dir) / f"update-r{request.round}-{self.name}.npy", self._update)
         # Signs its keys and the survivor set with its TLS key; checks peers' against the CA.
-        self._secagg = SecAggClient(self.name, request.secagg, Credentials.from_pem(*self.tls.load()))
+        self._secagg = SecAggClient(self.name, request.secagg, Credentials.from_pem(*self.tls.load()), self._randomness)
         return self._secagg.advertise()
 
+    def _fits_next_round(self) -> bool:
+        plan, s = self.plan, self.settings
+        return fits_budget(self.state.history(), plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
+                           s.target_epsilon, s.delta, s.accountant)
+
     def _status(self) -> msg.PrivacyStatus:
-        assert self.distiller is not None  # a status follows a selection or a round, both after _start
+        """What the ledger says: the only privacy figures that ever leave the node."""
+        head = self.state.ledger.head
         return msg.PrivacyStatus(
             round=self._round,
-            epsilon=float(self.distiller.epsilon),
+            epsilon=self.state.epsilon(),
             delta=self.config.privacy.delta,
             target_epsilon=self.config.privacy.target_epsilon,
-            rounds_trained=self.distiller.rounds_trained,
-            fits_next_round=self.distiller.fits_budget(),
-            ledger_entries=self.ledger.head.entries,
-            ledger_head=self.ledger.head.head or "",
+            rounds_trained=len(self.state.entries("distillation")),
+            fits_next_round=self._fits_next_round(),
+            ledger_entries=head.entries,
+            ledger_head=head.head or "",
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; nodes and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from fedsa_secure.files import atomic_write_with  # noqa: E402
 
 
 def plot_progress(summary: dict[str, Any], path: Path) -> Path:
@@ -39,8 +40,8 @@ def plot_progress(summary: dict[str, Any], path: Path) -> Path:
 def save_figure(figure: plt.Figure, path: Path) -> Path:
     """Write the PNG atomically (temp file, then rename) and free the figure."""
     figure.tight_layout()
-    temp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temp, dpi=100)
-    plt.close(figure)
-    os.replace(temp, path)
+    try:
+        atomic_write_with(path, lambda handle: figure.savefig(handle, dpi=100, format="png"))
+    finally:
+        plt.close(figure)
     return path

@@ -11,6 +11,7 @@ of fedsa-secure and never imported by it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import sys
@@ -19,16 +20,16 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-import importlib
 
 mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+from flwr.common import bytes_to_ndarray as to_ndarray
 from flwr.common import ndarrays_to_parameters
 from flwr.common.secure_aggregation.ndarrays_arithmetic import parameters_addition, parameters_mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
-from flwr.common import bytes_to_ndarray as to_ndarray
-from flwr.supercore.task_identity import TaskIdentity
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key as WorkflowKey
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import SecAggPlusWorkflow, WorkflowState
+from flwr.supercore.task_identity import TaskIdentity
 
 CLIP, QRANGE, MODRANGE, MAX_WEIGHT = 8.0, 1 << 22, 1 << 32, 1000.0
 

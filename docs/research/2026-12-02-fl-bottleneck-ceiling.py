@@ -1,8 +1,12 @@
 """Ceiling: the student trained centrally, no DP, on every digit-labelled record the federation holds."""
-import sys, numpy as np, torch
-from dataclasses import replace
-from fedsa_secure.data import federation, LabelledSet
-from fedsa_secure.fedsa.adapt import scratch, evaluate, AdaptRecipe
+import sys
+
+import numpy as np
+import torch
+
+from fedsa_secure.data import LabelledSet, federation
+from fedsa_secure.fedsa.adapt import AdaptRecipe, evaluate, scratch
+
 torch.set_num_threads(1)
 ds = sys.argv[1]
 for seed in [0, 1, 2]:

@@ -1,7 +1,13 @@
 """Does a name-matched (exact) output map lift fedsa+? Compare fitted vs exact maps on mnist5k 1%."""
-import sys, json, numpy as np, torch
+import json
+import sys
+
+import numpy as np
+import torch
+
 import fedsa_secure.fedsa.simulation as sim
 from fedsa_secure.fedsa.output_kd import fit_output_map
+
 torch.set_num_threads(1)
 OFFSET = {"digits-0-4": 0, "digits-5-9": 5}
 

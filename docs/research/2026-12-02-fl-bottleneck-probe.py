@@ -1,13 +1,17 @@
-import sys, numpy as np, torch
-from dataclasses import replace
+import sys
+
+import numpy as np
+import torch
+
 from fedsa_secure.data import federation
-from fedsa_secure.fedsa.adapt import scratch, evaluate, adapt, AdaptRecipe
+from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt, evaluate, scratch
 from fedsa_secure.fedsa.amalgamate import apply_update
-from fedsa_secure.fedsa.distill import DPSettings, DPDistiller
+from fedsa_secure.fedsa.distill import DPDistiller, DPSettings
 from fedsa_secure.fedsa.nonprivate import PlainTrainer
 from fedsa_secure.fedsa.output_kd import OutputObjective
 from fedsa_secure.fedsa.simulation import federation_teachers
-from fedsa_secure.models import make_student, backbone_state
+from fedsa_secure.models import backbone_state, make_student
+
 torch.set_num_threads(1)
 class ExactMap:
     num_classes = 10

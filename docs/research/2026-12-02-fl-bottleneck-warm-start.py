@@ -1,8 +1,14 @@
 """Does starting the federated student from the Scratch model (trained on the probe) help fedsa+ under DP?"""
-import sys, json, copy, torch
+import copy
+import json
+import sys
+
+import torch
+
 import fedsa_secure.fedsa.simulation as sim
 from fedsa_secure.data import federation
 from fedsa_secure.fedsa.adapt import scratch
+
 torch.set_num_threads(1)
 private = sys.argv[1] == "dp"; seeds = [int(s) for s in sys.argv[2].split(",")]; dataset = sys.argv[3] if len(sys.argv) > 3 else "mnist5k"
 original = sim.make_student

@@ -6,7 +6,7 @@ ChaCha20-Poly1305, SHA-256); nothing implements a primitive itself.
 
 from fedsa_secure.crypto.aead import open_sealed, seal
 from fedsa_secure.crypto.agreement import generate_keypair, public_from_private, shared_secret, shared_secrets
-from fedsa_secure.crypto.hashing import sha256
+from fedsa_secure.crypto.hashing import keyed_digest, sha256
 from fedsa_secure.crypto.kdf import (
     LABEL_GRAPH,
     LABEL_PAIRWISE_MASK,
@@ -37,6 +37,7 @@ __all__ = [
     "derive_key",
     "expand_keystreams",
     "generate_keypair",
+    "keyed_digest",
     "keystream_bytes",
     "keystream_words",
     "open_sealed",

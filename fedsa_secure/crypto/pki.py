@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +20,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedsa_secure.errors import ConfigError, KeyMaterialError
+from fedsa_secure.files import atomic_write_with
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _CLOCK_SKEW = dt.timedelta(minutes=5)  # tolerate small clock differences between machines
+
+
+NODE, AGGREGATOR = "node", "aggregator"
+# A node dials out (TLS client) and signs its secure-aggregation keys; the aggregator serves. Giving each
+# role one usage keeps an aggregator's certificate from passing as a participant of a secure sum.
+ROLE_USAGES = {NODE: ExtendedKeyUsageOID.CLIENT_AUTH, AGGREGATOR: ExtendedKeyUsageOID.SERVER_AUTH}
 
 
 def create_ca(
@@ -75,16 +80,17 @@ def issue_certificate(
     hosts: Sequence[str] = (),
     days: int = 365,
     *,
+    role: str = NODE,
     overwrite: bool = False,
 ) -> tuple[Path, Path]:
-    """Generate a key pair here and a certificate for it; returns (name.pem, name.key)."""
+    """Generate a key pair here and a certificate of `role` for it; returns (name.pem, name.key)."""
     _check_name(name)
     out_dir = Path(out_dir)
     cert_path, key_path = out_dir / f"{name}.pem", out_dir / f"{name}.key"
     _check_key_target(key_path, overwrite)
     ca, signer = _load_ca(Path(ca_cert), Path(ca_key))
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = _build_leaf(ca, signer, name, key.public_key(), hosts, days)
+    cert = _build_leaf(ca, signer, name, key.public_key(), hosts, days, role)
     _write_key(key_path, key, overwrite)
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path, key_path
@@ -108,9 +114,9 @@ def create_signing_request(name: str, out_dir: Path, *, overwrite: bool = False)
 
 
 def sign_request(
-    ca_cert: Path, ca_key: Path, csr: Path, out_dir: Path, hosts: Sequence[str] = (), days: int = 365
+    ca_cert: Path, ca_key: Path, csr: Path, out_dir: Path, hosts: Sequence[str] = (), days: int = 365, *, role: str = NODE
 ) -> Path:
-    """Issue a certificate for a CSR's key and CN; returns <CN>.pem. The CA, not the CSR, decides the hosts."""
+    """Issue a certificate of `role` for a CSR's key and CN; returns <CN>.pem. The CA, not the CSR, decides hosts and role."""
     csr = Path(csr)
     data = _read(csr, "certificate signing request")
     try:
@@ -125,7 +131,7 @@ def sign_request(
     name = _subject_cn(request.subject, csr)
     _check_name(name)
     ca, signer = _load_ca(Path(ca_cert), Path(ca_key))
-    cert = _build_leaf(ca, signer, name, public_key, hosts, days)
+    cert = _build_leaf(ca, signer, name, public_key, hosts, days, role)
     cert_path = Path(out_dir) / f"{name}.pem"
     _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return cert_path
@@ -143,7 +149,7 @@ def verify_pair(ca_cert: Path, cert: Path, key: Path) -> str:
         raise KeyMaterialError(
             f"{cert} was not issued by the CA in {ca_cert}; use a certificate from the federation CA"
         ) from None
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     if now < leaf.not_valid_before_utc - _CLOCK_SKEW:
         raise KeyMaterialError(f"{cert} is not valid until {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
     if now > leaf.not_valid_after_utc:
@@ -151,6 +157,15 @@ def verify_pair(ca_cert: Path, cert: Path, key: Path) -> str:
     if private.public_key() != leaf.public_key():
         raise KeyMaterialError(f"private key {key} does not match certificate {cert}")
     return _subject_cn(leaf.subject, cert)
+
+
+def role_of(cert: x509.Certificate) -> str | None:
+    """The role whose (only) extended key usage the certificate carries; None for anything else."""
+    try:
+        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return None
+    return next((role for role, usage in ROLE_USAGES.items() if usages == [usage]), None)
 
 
 def common_name(cert_pem: bytes) -> str:
@@ -169,8 +184,12 @@ def _build_leaf(
     public_key: ec.EllipticCurvePublicKey,
     hosts: Sequence[str],
     days: int,
+    role: str,
 ) -> x509.Certificate:
-    """End-entity certificate usable for both TLS sides (the aggregator serves, nodes authenticate)."""
+    """End-entity certificate of one role: a node's authenticates TLS clients (and signs secure-aggregation
+    messages), the aggregator's TLS servers; neither can act as the other."""
+    if role not in ROLE_USAGES:
+        raise KeyMaterialError(f"certificate role must be one of {', '.join(ROLE_USAGES)}, got {role!r}")
     return (
         _validity(x509.CertificateBuilder(), days)
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -193,7 +212,7 @@ def _build_leaf(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage([ROLE_USAGES[role]]),
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(_san(name, hosts)), critical=False)
@@ -219,7 +238,7 @@ def _san(name: str, hosts: Sequence[str]) -> list[x509.GeneralName]:
 def _validity(builder: x509.CertificateBuilder, days: int) -> x509.CertificateBuilder:
     if days < 1:
         raise ConfigError(f"certificate validity must be at least 1 day, got days={days}")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     return builder.not_valid_before(now - _CLOCK_SKEW).not_valid_after(now + dt.timedelta(days=days))
 
 
@@ -307,16 +326,4 @@ def _write_public(path: Path, data: bytes) -> None:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file in the same directory, created with the final mode, then rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda handle: handle.write(data), mode)

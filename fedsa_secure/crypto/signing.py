@@ -4,7 +4,8 @@ Secure aggregation signs its advertised keys and the survivor set with the same 
 uses for mutual TLS, so peers can check them against certificates issued by the federation CA
 (which every node already trusts) and the aggregator cannot substitute keys or lie about who
 survived. Certificates travel as PEM bytes; `TrustAnchor` accepts one only if the CA issued it,
-it is currently valid and its common name is the claimed sender.
+it is currently valid, it is a node's (not the aggregator's: the aggregator must not pass as a
+participant of a secure sum) and its common name is the claimed sender.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from fedsa_secure.crypto.pki import common_name
-from fedsa_secure.errors import IntegrityError, KeyMaterialError
+from fedsa_secure.crypto.pki import NODE, common_name, role_of
+from fedsa_secure.errors import IntegrityError, KeyMaterialError, SignatureError
 
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 _ALGORITHM = ec.ECDSA(hashes.SHA256())
@@ -59,7 +60,7 @@ class TrustAnchor:
         try:
             public.verify(signature, data, _ALGORITHM)
         except InvalidSignature:
-            raise IntegrityError(f"signature by {signer!r} does not verify") from None
+            raise SignatureError(f"signature by {signer!r} does not verify") from None
 
     def _public_key(self, cert_pem: bytes, signer: str) -> ec.EllipticCurvePublicKey:
         try:
@@ -71,9 +72,14 @@ class TrustAnchor:
                 cert.verify_directly_issued_by(self._ca)
             except (ValueError, TypeError, InvalidSignature):
                 raise IntegrityError(f"the certificate presented for {signer!r} is not from the federation CA") from None
-            now = dt.datetime.now(dt.timezone.utc)
+            now = dt.datetime.now(dt.UTC)
             if not cert.not_valid_before_utc - _CLOCK_SKEW <= now <= cert.not_valid_after_utc:
                 raise IntegrityError(f"the certificate presented for {signer!r} is not currently valid")
+            if role_of(cert) != NODE:
+                raise IntegrityError(
+                    f"the certificate presented for {signer!r} is not a node's (its only extended key usage must be "
+                    "TLS client authentication): only nodes take part in secure sums"
+                )
             self._accepted[cert_pem] = common_name(cert_pem)
         if self._accepted[cert_pem] != signer:
             raise IntegrityError(f"the certificate presented for {signer!r} belongs to {self._accepted[cert_pem]!r}")

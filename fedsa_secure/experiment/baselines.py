@@ -16,16 +16,17 @@ import torch.nn.functional as F
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from fedsa_secure.data import LabelledSet, NodeData, task_input
+from fedsa_secure.data import LabelledSet, task_input
 from fedsa_secure.fedsa.adapt import AdaptRecipe, adapt_tasks, task_accuracy
 from fedsa_secure.fedsa.amalgamate import apply_update
 from fedsa_secure.fedsa.distill import DPSettings
 from fedsa_secure.fedsa.nonprivate import PlainTrainer
 from fedsa_secure.fedsa.output_kd import MAP_C
 from fedsa_secure.fedsa.select_plus import output_transferability, teacher_logits
-from fedsa_secure.models import ConvNet, HeadedBackbone, Translator, backbone_state, make_student
+from fedsa_secure.fedsa.teacher import TrainedTeacher
+from fedsa_secure.models import HeadedBackbone, Translator, backbone_state, make_student
 
-Teachers = dict[str, tuple[NodeData, ConvNet]]
+Teachers = dict[str, TrainedTeacher]  # trained without DP: these baselines make no privacy claim
 
 
 def transfer(
@@ -35,9 +36,9 @@ def transfer(
 
     The teacher is the model, so the student architecture plays no part; `tasks` are the target tasks.
     """
-    scores = {name: output_transferability(teacher, data.task, probe) for name, (data, teacher) in teachers.items()}
+    scores = {name: output_transferability(t.model, t.data.task, probe) for name, t in teachers.items()}
     best = max(scores, key=scores.__getitem__)
-    data, teacher = teachers[best]
+    data, teacher, _ = teachers[best]
     seen_probe = LabelledSet(task_input(data.task, probe.x), probe.y, probe.num_classes)
     seen_test = LabelledSet(task_input(data.task, test.x), test.y, test.num_classes)
     model = adapt_tasks(teacher, seen_probe, seed, tasks, recipe)
@@ -53,7 +54,7 @@ def joint_output_targets(teachers: Teachers, probe: LabelledSet, images: np.ndar
     """
 
     def logits(x: np.ndarray) -> np.ndarray:
-        return np.concatenate([teacher_logits(t, d.task, x) for d, t in teachers.values()], axis=1)
+        return np.concatenate([teacher_logits(t.model, t.data.task, x) for t in teachers.values()], axis=1)
 
     joint = LogisticRegression(C=MAP_C, max_iter=5000).fit(logits(probe.x), probe.y)
     out = np.zeros((len(images), probe.num_classes))
@@ -79,15 +80,15 @@ class CentralObjective:
 
     def __init__(self, teachers: Teachers, probe: LabelledSet, seed: int, feature_weight: float, arch: str) -> None:
         self.feature_weight = feature_weight
-        images = np.concatenate([d.train.x for d, _ in teachers.values()])
-        owner = np.concatenate([np.full(len(d.train), i) for i, (d, _) in enumerate(teachers.values())])
+        images = np.concatenate([t.data.train.x for t in teachers.values()])
+        owner = np.concatenate([np.full(len(t.data.train), i) for i, t in enumerate(teachers.values())])
         with torch.no_grad():
-            features = torch.cat([t.features(torch.from_numpy(task_input(d.task, d.train.x))) for d, t in teachers.values()])
+            features = torch.cat([t.model.features(torch.from_numpy(task_input(t.data.task, t.data.train.x))) for t in teachers.values()])
         student = make_student(probe.num_classes, seed, arch)
         side = tuple(features.shape[-2:])  # the teachers' grid, which the MLP's 4x4 maps are resized to
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            translators = [Translator(student.feature_channels, t.feature_channels, side) for _, t in teachers.values()]
+            translators = [Translator(student.feature_channels, t.model.feature_channels, side) for t in teachers.values()]
         self.module = _CentralProxy(student, translators)
         soft = torch.from_numpy(joint_output_targets(teachers, probe, images))
         self.tensors = (torch.from_numpy(images), soft, features, torch.from_numpy(owner))

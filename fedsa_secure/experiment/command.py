@@ -8,7 +8,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fedsa_secure.errors import ConfigError
@@ -20,8 +20,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the `experiment` subcommand on the CLI's subparsers."""
     p = commands.add_parser(
         "experiment", help="run the comparison grid (Scratch, Transfer, FedAvg+, Random, fedsa, fedsa+, Centralised KA)",
-        description="Every federated method runs twice per seed: plaintext (no DP, plain sum) and secure "
-                    "(DP-SGD at epsilon 8, in-memory secure aggregation). Seeds are paired across methods.",
+        description="Every federated method runs twice per seed: plaintext (no DP, plain sum, teachers trained "
+                    "without DP) and secure (each node's records at epsilon 8 in all: its DP-SGD teacher and its "
+                    "DP-SGD rounds, in-memory secure aggregation). Seeds are paired across methods.",
     )
     p.add_argument("--out", type=Path, help="output directory (default runs/experiment-<timestamp>)")
     p.add_argument("--quick", action="store_true",
@@ -46,10 +47,19 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", type=_names(TASKS), metavar="TASK",
                    help=f"target tasks, one head each, digit first (of {', '.join(TASKS)}; space- or comma-separated; "
                         "default digit); every task's accuracy is reported")
+    p.add_argument("--epsilon", type=float, help="secure arms: each node's whole budget, teacher included (default 8)")
+    p.add_argument("--teacher-share", type=float, metavar="F",
+                   help="secure arms: the share of --epsilon each node's DP teacher spends on its own (default 0.5)")
+    p.add_argument("--no-dp-teachers", action="store_true",
+                   help="secure arms with teachers trained WITHOUT DP, as before 2026-12-06: their epsilon covers the "
+                        "rounds alone and is no guarantee (only to compare with the earlier figures)")
     p.add_argument("--teacher-cache", type=Path, help="where teachers are cached (default OUT/teachers)")
     p.add_argument("--merge", nargs="+", type=Path, metavar="DIR",
                    help="run nothing: combine the results.json of grids run apart (e.g. seeds split across "
                         "processes or machines, same settings otherwise) into --out's results.json, table and plots")
+    p.add_argument("--curve", nargs="+", type=Path, metavar="DIR",
+                   help="run nothing: the privacy-utility curve (curve.md, curve.png in --out) of grids run at several "
+                        "--epsilon values (and with --no-dp-teachers, kept apart)")
     p.set_defaults(handler=run_command)
 
 
@@ -61,6 +71,7 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
         datasets=_tuple(args.datasets), budgets=_tuple(args.budgets), methods=_tuple(args.methods),
         seeds=_tuple(args.seeds), rounds=args.rounds, local_epochs=args.local_epochs, eval_every=args.eval_every,
         adapt_batch=args.adapt_batch, arms=arms, archs=_flat(args.archs), tasks=_flat(args.tasks),
+        epsilon=args.epsilon, teacher_share=args.teacher_share, dp_teachers=False if args.no_dp_teachers else None,
     )
 
 
@@ -133,11 +144,11 @@ def _flat(groups: list[list[str]] | None) -> tuple[str, ...] | None:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the grid (or merge finished ones), then write table.md and the plots next to results.json."""
-    from fedsa_secure.files import atomic_write, write_json_atomic
     from fedsa_secure.experiment.report import format_table, plot_accuracy_over_rounds, plot_selection
     from fedsa_secure.experiment.stats import summarise
+    from fedsa_secure.files import atomic_write, write_json_atomic
 
-    out = args.out or Path("runs") / f"experiment-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+    out = args.out or Path("runs") / f"experiment-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     started = time.perf_counter()
     if args.merge:
         grid_fields, records = merge_results(args.merge)
@@ -169,4 +180,21 @@ def run_command(args: argparse.Namespace) -> int:
             "arms": [{k: _finite(v) for k, v in asdict(row).items()} for row in summarise(records)],
         }
         print(json.dumps(summary))
+    return 0
+
+
+def write_curve(directories: list[Path], out: Path) -> int:
+    """curve.md and curve.png in `out` from the grids in `directories`."""
+    from fedsa_secure.experiment.curve import curve_points, format_curve, load_records, plot_curve
+    from fedsa_secure.files import atomic_write
+
+    points, scratch = curve_points(load_records(directories))
+    if not points:
+        raise ConfigError(f"--curve: no secure runs in {', '.join(map(str, directories))}")
+    out.mkdir(parents=True, exist_ok=True)
+    table = format_curve(points, scratch)
+    atomic_write(out / "curve.md", table + "\n")
+    plot_curve(points, scratch, out / "curve.png")
+    print(table)
+    print(f"curve.md and curve.png in {out}")
     return 0

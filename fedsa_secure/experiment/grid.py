@@ -18,10 +18,10 @@ from torch import nn
 
 from fedsa_secure.data import LabelledSet, federation
 from fedsa_secure.experiment.baselines import Teachers, centralised_ka, transfer
-from fedsa_secure.experiment.spec import CENTRAL_FEATURE_WEIGHT, FEDERATED, TARGET_EPSILON, Grid
+from fedsa_secure.experiment.spec import CENTRAL_FEATURE_WEIGHT, FEDERATED, Grid
 from fedsa_secure.fedsa.adapt import AdaptRecipe, scratch, task_accuracy
 from fedsa_secure.fedsa.distill import DPSettings
-from fedsa_secure.fedsa.simulation import federation_teachers, simulate
+from fedsa_secure.fedsa.simulation import federation_teachers, simulate, teacher_privacy
 from fedsa_secure.files import write_json_atomic
 
 
@@ -55,7 +55,8 @@ class _Cell:
     arch: str
     probe: LabelledSet
     test: LabelledSet
-    teachers: Teachers
+    teachers: Teachers  # trained without DP: plaintext arms and the baselines
+    dp_teachers: Teachers | None  # trained with DP-SGD (the secure arms' nodes); None: no secure arms, or Grid.dp_teachers off
     baseline: nn.Module  # this cell's Scratch model
 
 
@@ -64,18 +65,21 @@ def run_grid(grid: Grid, out: Path, teacher_cache: Path, progress: Callable[[str
     out.mkdir(parents=True, exist_ok=True)
     records: list[dict] = []
     total = len(grid.cells()) * len(grid.seeds) * grid.runs_per_seed()
-    dp = DPSettings(target_epsilon=TARGET_EPSILON, planned_rounds=grid.rounds, local_epochs=grid.local_epochs)
+    dp = DPSettings(target_epsilon=grid.epsilon, planned_rounds=grid.rounds, local_epochs=grid.local_epochs)
+    dp_arms = True in grid.arms and any(m in FEDERATED for m in grid.methods) and grid.dp_teachers
     recipe = AdaptRecipe(batch_size=grid.adapt_batch or None)
     for dataset, budget in grid.cells():
         for seed in grid.seeds:
             probe, test = federation(dataset).aggregator(seed, budget)
             teachers = federation_teachers(dataset, seed, teacher_cache)
+            dp_teachers = (federation_teachers(dataset, seed, teacher_cache, teacher_privacy(dp, grid.teacher_share))
+                           if dp_arms else None)
             reported_budget = budget if budget is not None else probe_fraction(
-                len(probe), [len(data.train) for data, _ in teachers.values()])
+                len(probe), [len(t.data.train) for t in teachers.values()])
             # Transfer's model is a teacher, not a student: one run serves every architecture of the seed
             run_transfer = cache(partial(transfer, teachers, probe, test, seed, recipe, grid.tasks))
             for arch in grid.archs:
-                cell = _Cell(dataset, budget, reported_budget, seed, arch, probe, test, teachers,
+                cell = _Cell(dataset, budget, reported_budget, seed, arch, probe, test, teachers, dp_teachers,
                              scratch(probe, seed, recipe, arch=arch, tasks=grid.tasks))
                 scratch_tasks = task_accuracy(cell.baseline, test)
                 for method in grid.methods:
@@ -109,9 +113,10 @@ def _run(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSettings, rec
 
 
 def _federated(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSettings, recipe: AdaptRecipe) -> dict:
+    teachers = cell.dp_teachers if secure and cell.dp_teachers else cell.teachers
     result = simulate(
         cell.seed, grid.rounds, grid.cohort, dp, method=method, dataset=cell.dataset, probe_budget=cell.budget,
-        private=secure, teachers=cell.teachers, recipe=recipe, aggregation="secure" if secure else "plain",
+        private=secure, teachers=teachers, recipe=recipe, aggregation="secure" if secure else "plain",
         baseline=cell.baseline, eval_every=grid.eval_every, arch=cell.arch, target_tasks=grid.tasks,
     )
     epsilon = max(result["epsilon"].values()) if secure else None
@@ -123,8 +128,10 @@ def _federated(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSetting
         selection_counts=result["selection_counts"],
         cohorts=[h["cohort"] for h in result["rounds"][1:]],
         protocol_bytes_up=result["protocol_bytes_up"], vector_length=result["vector_length"],
-        secagg=result["secagg"], dp_target_epsilon=TARGET_EPSILON if secure else None,
-        max_abs_weighted_update=result["max_abs_weighted_update"], average_rounds=result["average_rounds"],
+        secagg=result["secagg"], dp_target_epsilon=grid.epsilon if secure else None,
+        teacher_epsilon=max((e for e in result["teacher_epsilon"].values() if e is not None), default=None) if secure else None,
+        teacher_covered=secure and grid.dp_teachers,
+        max_abs_update=result["max_abs_update"], average_rounds=result["average_rounds"],
     )
 
 

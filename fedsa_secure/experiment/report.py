@@ -16,7 +16,6 @@ from fedsa_secure.data import FEDERATIONS  # noqa: E402
 from fedsa_secure.experiment.stats import ArmSummary, selection_frequency, summarise, versus  # noqa: E402
 from fedsa_secure.plots import save_figure  # noqa: E402
 
-
 BASELINE_STYLES = (":", "-.", (0, (1, 4)))  # Scratch / Transfer / Centralised KA lines, one dash pattern per architecture
 
 

@@ -17,6 +17,7 @@ BUDGETED = ("mnist5k", "mnist5k-skew", "mnist1d")  # the federations with probe_
 ARCHS = ("cnn", "resnet", "mlp")  # models.STUDENT_ARCHS, named here without importing torch
 TASKS = ("digit", "parity", "mod-3")  # data.tasks.TARGET_TASKS; the digit task (the probe's labels) comes first
 TARGET_EPSILON = 8.0
+TEACHER_SHARE = 0.5  # config.PrivacySection.teacher_share, named here without importing it
 CENTRAL_FEATURE_WEIGHT = 1.0  # FitNets weight of Centralised KA, next to the output loss (weight 1)
 
 
@@ -36,6 +37,11 @@ class Grid:
     arms: tuple[bool, ...] = (False, True)  # secure=False: plaintext sum, no DP; True: DP-SGD + SecAgg
     archs: tuple[str, ...] = ("cnn",)  # student architectures; every method runs once per architecture
     tasks: tuple[str, ...] = ("digit",)  # target tasks: one head each on every adapted student, each reported
+    epsilon: float = TARGET_EPSILON  # secure arms: each node's whole budget, its DP teacher's training included
+    teacher_share: float = TEACHER_SHARE  # of `epsilon`, spent by each node's DP teacher on its own
+    # False: the secure arms' teachers are trained without DP, as before 2026-12-06; their epsilon then covers
+    # the rounds alone and is no guarantee for the records. Only to compare with the earlier figures.
+    dp_teachers: bool = True
 
     def __post_init__(self) -> None:
         axes = (("dataset", DATASETS, self.datasets), ("method", ALL_METHODS, self.methods),
@@ -50,6 +56,8 @@ class Grid:
         if not self.seeds or not self.arms or min(counts) < 1 or self.adapt_batch < 0:
             raise ConfigError(
                 f"need seeds, arms, positive rounds, local_epochs, cohort and eval_every, and adapt_batch >= 0; got {self}")
+        if not (self.epsilon > 0 and 0 < self.teacher_share < 1):
+            raise ConfigError(f"need epsilon > 0 and 0 < teacher_share < 1, got {self.epsilon} and {self.teacher_share}")
         for budget in self.budgets:
             if not 0 < budget <= 0.10:
                 raise ConfigError(f"probe budget {budget} is outside (0, 0.10]")

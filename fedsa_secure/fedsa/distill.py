@@ -3,13 +3,12 @@
 Each round the node copies the student backbone into its proxy, trains proxy + translator Phi_i
 with the FitNets loss ||Phi_i(F_S(x)) - F_T(x)||^2 on its private images under Opacus DP-SGD
 (Poisson sampling), and releases only the backbone delta. The noise multiplier is calibrated
-once, up front, so that `planned_rounds` rounds land at or under the target epsilon.
+once, up front, so that the node's teacher training followed by `planned_rounds` rounds lands at
+or under the target epsilon: the rounds compose on top of the teacher in the node's one accountant.
 """
 
 from __future__ import annotations
 
-import secrets
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,9 +16,7 @@ from typing import Protocol
 import numpy as np
 import torch
 import torch.nn.functional as F
-from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
 from fedsa_secure.data import NodeData, task_input
 from fedsa_secure.errors import BudgetExhausted, ConfigError
@@ -32,7 +29,8 @@ from fedsa_secure.models import (
     load_backbone_state,
     make_student,
 )
-from fedsa_secure.privacy.accounting import calibrate_noise, epsilon_of, extend_history, fits_budget
+from fedsa_secure.privacy.accounting import History, Step, calibrate_noise, epsilon_of, extend_history, fits_budget
+from fedsa_secure.privacy.dpsgd import DPSGD, Mechanism, poisson_schedule
 
 
 @dataclass(frozen=True)
@@ -87,15 +85,9 @@ class DPSettings:
 class RoundResult:
     """The released update and the DP mechanism that produced it (what the ledger records)."""
 
-    update: np.ndarray  # float32, proxy backbone - student backbone, in flatten_state order
-    epsilon: float  # cumulative over every round this node trained, including this one
-    noise_multiplier: float
-    sample_rate: float
-    steps: int
-    max_grad_norm: float
-    delta: float
-    accountant: str
-    train_loss: float
+    update: np.ndarray  # float32, proxy - student for the released parts, in flatten_state order
+    epsilon: float  # cumulative over everything the accountant holds, this round included
+    mechanism: Mechanism
 
 
 class _Proxy(nn.Module):
@@ -150,10 +142,37 @@ class FeatureObjective:
         return F.mse_loss(model(xb), tb, reduction="none").flatten(1).mean(dim=1)
 
 
+@dataclass(frozen=True)
+class DistillationPlan:
+    """The DP-SGD mechanism of every distillation round, fixed before the first one.
+
+    The noise is calibrated so that the node's teacher training (`teacher_history`, from its
+    ledger) followed by `planned_rounds` rounds lands at the target epsilon. It depends only on
+    public figures (dataset size, settings) and the ledger, so a restarted node plans the same.
+    """
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+
+    @classmethod
+    def make(cls, records: int, settings: DPSettings, teacher_history: Sequence[Step] = ()) -> DistillationPlan:
+        sample_rate, per_epoch = poisson_schedule(records, settings.batch_size)
+        steps = settings.local_epochs * per_epoch
+        sigma = calibrate_noise(
+            settings.target_epsilon, settings.delta, sample_rate, settings.planned_rounds * steps,
+            settings.accountant, tuple(teacher_history),
+        )
+        return cls(sigma, sample_rate, steps)
+
+
 class DPDistiller:
     """A node's DP proxy trainer; holds the node's single accountant and its persistent translator.
 
     `objective` defaults to the faithful FitNets objective; `fedsa+` passes an OutputObjective.
+    `ledger_history` is everything the node's ledger holds (its teacher's training, earlier rounds
+    and runs): the accountant starts from it, so epsilon continues where the ledger left off.
+    `teacher_history` is the part the noise is calibrated after (see DistillationPlan).
 
     `mechanism_seed` seeds Poisson sampling and the Gaussian noise. Leave it None in deployment
     (fresh OS entropy): anyone who knows it can reproduce the batches and the noise.
@@ -168,91 +187,73 @@ class DPDistiller:
         *,
         mechanism_seed: int | None = None,
         objective: Objective | None = None,
+        ledger_history: Sequence[Step] = (),
+        teacher_history: Sequence[Step] = (),
     ) -> None:
         self.settings = settings
         self._rounds_trained = 0
         self._objective = objective or FeatureObjective(teacher, node, seed)
         proxy = self._objective.module
-
-        if mechanism_seed is None:
-            mechanism_seed = secrets.randbits(62)
-        sampler_rng = torch.Generator().manual_seed(mechanism_seed)
-        noise_rng = torch.Generator().manual_seed(mechanism_seed + 1)
-        loader = DataLoader(TensorDataset(*self._objective.tensors), batch_size=settings.batch_size, generator=sampler_rng)
-        # Opacus samples each record with probability 1/len(loader) (~ batch_size/N); use exactly that.
-        self._sample_rate = 1.0 / len(loader)
-        self._steps_per_round = settings.local_epochs * len(loader)
-        self._noise_multiplier = calibrate_noise(
-            settings.target_epsilon,
-            settings.delta,
-            self._sample_rate,
-            settings.planned_rounds * self._steps_per_round,
-            settings.accountant,
-        )
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Secure RNG turned off")
-            self._engine = PrivacyEngine(accountant=settings.accountant, secure_mode=False)
+        self.plan = DistillationPlan.make(len(self._objective.tensors[0]), settings, teacher_history)
         if settings.optimizer == "adam":
             optimizer: torch.optim.Optimizer = torch.optim.Adam(proxy.parameters(), lr=settings.learning_rate)
         else:
             optimizer = torch.optim.SGD(proxy.parameters(), lr=settings.learning_rate, momentum=settings.momentum)
-        self._model, self._optimizer, self._loader = self._engine.make_private(
-            module=proxy,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=self._noise_multiplier,
-            max_grad_norm=settings.max_grad_norm,
-            poisson_sampling=True,
-            noise_generator=noise_rng,
-            grad_sample_mode=settings.grad_sample_mode,
-            # Per-sample gradients of the per-record losses themselves (the loop backpropagates their sum);
-            # "mean" would scale them by the batch size in the backward pass only to undo it with the loss.
-            loss_reduction="sum",
+        self._dp = DPSGD(
+            proxy, self._objective.tensors, optimizer,
+            batch_size=settings.batch_size, noise_multiplier=self.plan.noise_multiplier,
+            max_grad_norm=settings.max_grad_norm, accountant=settings.accountant,
+            grad_sample_mode=settings.grad_sample_mode, history=ledger_history, mechanism_seed=mechanism_seed,
         )
-        # The step is still the mean: (sum of clipped gradients + noise) / expected batch size, as with "mean".
-        self._optimizer.loss_reduction = "mean"
-        if len(self._loader) * settings.local_epochs != self._steps_per_round:
-            raise AssertionError("Opacus steps per epoch differ from the calibrated schedule")
+        if (self._dp.sample_rate, self._dp.steps_per_epoch * settings.local_epochs) != (
+            self.plan.sample_rate, self.plan.steps_per_round
+        ):
+            raise AssertionError("the DP-SGD loader differs from the calibrated plan")
 
     @property
     def noise_multiplier(self) -> float:
-        return self._noise_multiplier
+        return self.plan.noise_multiplier
 
     @property
     def sample_rate(self) -> float:
-        return self._sample_rate
+        return self.plan.sample_rate
 
     @property
     def steps_per_round(self) -> int:
-        return self._steps_per_round
+        return self.plan.steps_per_round
 
     @property
     def rounds_trained(self) -> int:
+        """Rounds this trainer ran (in this process)."""
         return self._rounds_trained
 
     @property
-    def history(self) -> list[tuple[float, float, int]]:
+    def history(self) -> History:
         """The accountant's (noise_multiplier, sample_rate, steps) history, copied."""
-        return [tuple(h) for h in self._engine.accountant.history]
+        return self._dp.history
+
+    def sync(self, ledger_history: History) -> None:
+        """Make the accountant's history the ledger's again (after a round whose charge could not be written)."""
+        self._dp.history = ledger_history
 
     @property
     def epsilon(self) -> float:
-        """Epsilon spent so far (0 before the first round)."""
+        """Epsilon spent so far, everything the accountant holds included (0 for an empty history)."""
         return epsilon_of(self.history, self.settings.delta, self.settings.accountant)
 
     def epsilon_if_trained(self) -> float:
         """Epsilon after one more round, from a fresh accountant; the live accountant is untouched."""
-        future = extend_history(self.history, self._noise_multiplier, self._sample_rate, self._steps_per_round)
+        future = extend_history(self.history, self.noise_multiplier, self.sample_rate, self.steps_per_round)
         return epsilon_of(future, self.settings.delta, self.settings.accountant)
 
     def fits_budget(self) -> bool:
         """True if one more round keeps cumulative epsilon within the target."""
         s = self.settings
-        return fits_budget(self.history, self._noise_multiplier, self._sample_rate, self._steps_per_round,
+        return fits_budget(self.history, self.noise_multiplier, self.sample_rate, self.steps_per_round,
                            s.target_epsilon, s.delta, s.accountant)
 
     def train_round(self, student_state: dict[str, np.ndarray]) -> RoundResult:
-        """Distil into a proxy of `student_state` under DP and return the backbone delta.
+        """Distil into a proxy of `student_state` under DP and return the released parts' delta.
 
         Raises BudgetExhausted, before touching any state, if the round would exceed the budget.
         """
@@ -261,46 +262,17 @@ class DPDistiller:
                 f"one more round would spend epsilon {self.epsilon_if_trained():.3f} > target "
                 f"{self.settings.target_epsilon} (delta {self.settings.delta}); this node declines"
             )
-        proxy = self._model._module
-        released = self._objective.released
+        proxy, released = self._dp.module, self._objective.released
         load_backbone_state(proxy, student_state, released)
-        self._optimizer.original_optimizer.state.clear()  # moments / momentum of last round's proxy are stale
-        steps_before = sum(n for _, _, n in self._engine.accountant.history)
-        self._model.train()
-        losses: list[float] = []
-        with warnings.catch_warnings():
-            # Opacus's per-sample-gradient hooks fire on module outputs; our inputs need no gradient.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            for _ in range(self.settings.local_epochs):
-                for batch in self._loader:
-                    self._optimizer.zero_grad(set_to_none=True)
-                    if len(batch[0]) == 0:
-                        # An empty Poisson batch is still a DP-SGD step: zero clipped gradients plus noise, and
-                        # the accountant counts it. Give every parameter an empty per-sample gradient, as
-                        # Opacus's hooks would, rather than run "ew"/"functorch" on a batch of zero records.
-                        for p in self._optimizer.params:
-                            p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
-                        self._optimizer.step()
-                        losses.append(0.0)
-                        continue
-                    per_sample = self._objective.per_sample_loss(self._model, batch)
-                    per_sample.sum().backward()  # loss_reduction="sum": per-sample gradients of each record's loss
-                    self._optimizer.step()
-                    losses.append(per_sample.detach().mean().item())
-        self._optimizer.zero_grad(set_to_none=True)
-        steps = sum(n for _, _, n in self._engine.accountant.history) - steps_before
-        if steps != self._steps_per_round:
-            raise AssertionError(f"accountant saw {steps} steps, calibrated for {self._steps_per_round}")
+        self._dp.reset_optimizer()  # moments / momentum of last round's proxy are stale
+        steps = self._dp.train(self.settings.local_epochs, self._objective.per_sample_loss)
         self._rounds_trained += 1
         update = flatten_state(backbone_state(proxy, released)) - flatten_state(student_state)
         return RoundResult(
             update=update.astype(np.float32),
             epsilon=self.epsilon,
-            noise_multiplier=self._noise_multiplier,
-            sample_rate=self._sample_rate,
-            steps=steps,
-            max_grad_norm=self.settings.max_grad_norm,
-            delta=self.settings.delta,
-            accountant=self.settings.accountant,
-            train_loss=float(np.mean(losses)),
+            mechanism=Mechanism(
+                self.noise_multiplier, self.sample_rate, steps, self.settings.max_grad_norm,
+                self.settings.delta, self.settings.accountant,
+            ),
         )

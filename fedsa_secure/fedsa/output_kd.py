@@ -27,7 +27,6 @@ from fedsa_secure.fedsa.distill import seeded_translator
 from fedsa_secure.fedsa.select_plus import teacher_logits
 from fedsa_secure.models import ConvNet, HeadedBackbone, Translator, make_student
 
-
 # Inverse L2 strength of the map. Measured on MNIST-5k at 1% (seeds 0, 1): the argmax of the mapped
 # outputs on a class-subset teacher's private records is right for 0.86-0.94 of them at C = 0.1,
 # 0.82-0.91 at C = 1 and 0.77-0.86 at C = 100; strong regularisation keeps the 5-9 probe images,

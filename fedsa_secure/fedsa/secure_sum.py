@@ -50,7 +50,7 @@ def round_config(round_number: int, names: list[str], length: int, spec: Quantiz
 
 
 def secure_sum(inputs: dict[str, np.ndarray], round_number: int, spec: QuantizationSpec) -> SecureSum:
-    """Sum the nodes' (already weighted) vectors through every SecAgg stage; no node drops out."""
+    """Sum the nodes' vectors through every SecAgg stage; no node drops out."""
     names = sorted(inputs)
     lengths = {inputs[n].shape for n in names}
     if len(lengths) != 1 or len(next(iter(lengths))) != 1:

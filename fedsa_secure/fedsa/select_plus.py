@@ -1,8 +1,11 @@
 """`fedsa+` selection (ours, not the paper's): LogME transferability on the node, concentrated probabilities at the aggregator.
 
-Node side: `output_transferability` scores how well the frozen teacher's logits explain the
-aggregator's probe labels (LogME); only this scalar leaves the node. Unlike the Grad-CAM score it
-does not depend on the student, so a node computes it once. Aggregator side:
+Node side: `output_transferability` scores how much the teacher's training taught it about the
+aggregator's probe labels: the LogME of its logits as a z-score against the same logits on
+shuffled labels (`logme_significance`), minus that of the same network at its initialisation
+(public: a seeded draw). Only this scalar leaves the node, and it is post-processing of the DP
+teacher on the aggregator's own probe. Unlike the Grad-CAM score it does not depend on the
+student, so a node computes it once. Aggregator side:
 `concentrated_probabilities` turns the scores into selection probabilities whose odds grow as
 exp(score difference / temperature), so a teacher whose score is clearly lower gets (almost) no
 slots; the faithful `softmax(minmax(.))` caps the best-to-worst odds at e.
@@ -16,13 +19,16 @@ import numpy as np
 import torch
 
 from fedsa_secure.data import LabelledSet, task_input
-from fedsa_secure.fedsa.logme import logme
+from fedsa_secure.fedsa.logme import logme_significance
 from fedsa_secure.models import ConvNet
 
-# LogME is an evidence per probe sample; on MNIST-5k at 1% relevant teachers score 0.06-0.11 above
-# unrelated ones and a related-task teacher 0.01-0.02 above them. At 0.005 an unrelated teacher has
-# odds below e^-12 against a relevant one and about 1 : 10 against the related-task one.
-TEMPERATURE = 0.005
+# Scores are differences of z-scores. On MNIST-1D at 1% with DP teachers (seeds 0-2) the digit
+# teachers score 11-23, the parity teacher 3.6-5.4, mod-3 -0.1 to 3.4 and the unrelated ones -16 to
+# 2.1: raw LogME put the latter four within 0.01 of each other, and z-scores alone ranked an unrelated
+# teacher third on one seed, because an untrained network's logits are random features of the input
+# that explain labels by chance (docs/research/2026-12-06-dp-teacher.md). At 1.0 a teacher two
+# deviations lower has odds 1 : e^2 against a higher one.
+TEMPERATURE = 1.0
 
 
 @torch.no_grad()
@@ -32,9 +38,13 @@ def teacher_logits(teacher: ConvNet, task: str, images: np.ndarray) -> np.ndarra
     return teacher(torch.from_numpy(task_input(task, images))).numpy().astype(np.float64)
 
 
-def output_transferability(teacher: ConvNet, task: str, probe: LabelledSet) -> float:
-    """Node side: LogME of the teacher's logits on the probe images against the probe labels (higher: more useful)."""
-    return logme(teacher_logits(teacher, task, probe.x), probe.y, probe.num_classes)
+def output_transferability(teacher: ConvNet, task: str, probe: LabelledSet, initial: ConvNet | None = None) -> float:
+    """Node side: how far the LogME of the teacher's logits on the probe lies above chance, in deviations, minus
+    the same for `initial`, the network the teacher's training started from (higher: training taught it more)."""
+    score = logme_significance(teacher_logits(teacher, task, probe.x), probe.y, probe.num_classes)
+    if initial is None:
+        return score
+    return score - logme_significance(teacher_logits(initial, task, probe.x), probe.y, probe.num_classes)
 
 
 def concentrated_probabilities(

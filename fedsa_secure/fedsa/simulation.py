@@ -6,7 +6,7 @@ selection, FitNets features), `fedsa+` (ours: LogME selection with a temperature
 distillation, see fedsa.select_plus and fedsa.output_kd), and the baselines `fedavg+` (every node,
 every round) and `random` (a uniform random cohort), both with the `fedsa+` objective so they
 differ from it only in selection. Each trains with DP-SGD (default) or without (`--no-dp`), and
-aggregates with a plaintext weighted sum or a real in-memory secure aggregation
+aggregates with a plaintext mean or a real in-memory secure aggregation
 (`aggregation="secure"`, see fedsa.secure_sum). Scratch is always reported.
 Run: `python -m fedsa_secure.fedsa.simulation --dataset mnist5k --methods fedsa fedsa+ --seeds 0 1 2`.
 """
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedsa_secure.config import FederationSection, SecAggConfig
+from fedsa_secure.config import FederationSection, PrivacySection, SecAggConfig
 from fedsa_secure.data import FEDERATIONS, LabelledSet, NodeData, federation, task_input
 from fedsa_secure.data.tasks import TARGET_TASKS
 from fedsa_secure.errors import BudgetExhausted
@@ -36,8 +36,10 @@ from fedsa_secure.fedsa.output_kd import OutputKDSettings, OutputObjective, fit_
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities, transferability
 from fedsa_secure.fedsa.secure_sum import secure_sum
 from fedsa_secure.fedsa.select_plus import TEMPERATURE, concentrated_probabilities, output_transferability
-from fedsa_secure.fedsa.teacher import load_or_train_teacher
-from fedsa_secure.models import STUDENT_ARCHS, ConvNet, backbone_state, flatten_state, make_student
+from fedsa_secure.fedsa.teacher import TeacherPrivacy, TrainedTeacher, load_or_train_teacher
+from fedsa_secure.models import STUDENT_ARCHS, ConvNet, backbone_state, flatten_state, make_student, make_teacher
+from fedsa_secure.privacy.accounting import epsilon_of
+from fedsa_secure.privacy.dpsgd import Mechanism
 from fedsa_secure.secagg.messages import QuantizationSpec
 
 SELECTIONS = ("gradcam", "logme", "uniform", "random")  # uniform: every node every round (FedAvg+)
@@ -69,19 +71,39 @@ class _Node:
     objective: Objective
 
 
-def teacher_path(cache_dir: Path, dataset: str, name: str, seed: int) -> Path:
-    """Where a node's teacher for (dataset, seed) is cached; every method of a seed shares it."""
-    return Path(cache_dir) / f"{dataset}-{name}-seed{seed}.pt"
+def teacher_path(cache_dir: Path, dataset: str, name: str, seed: int, privacy: TeacherPrivacy | None = None) -> Path:
+    """Where a node's teacher for (dataset, seed) is cached; every method of a seed shares it (DP ones per budget)."""
+    dp = "" if privacy is None else f"-dp{privacy.epsilon:g}-{privacy.delta:g}-{privacy.accountant}"
+    return Path(cache_dir) / f"{dataset}-{name}-seed{seed}{dp}.pt"
 
 
-def federation_teachers(dataset: str, seed: int, cache_dir: Path) -> dict[str, tuple[NodeData, ConvNet]]:
-    """Every node's private data and (cached) teacher for one seed; node seeds derive from `seed`."""
+def teacher_seed(seed: int, index: int) -> int:
+    """The initialisation seed of the `index`-th node's teacher in a simulation of `seed` (public, like a node's)."""
+    return seed * 10 + index
+
+
+def federation_teachers(
+    dataset: str, seed: int, cache_dir: Path, privacy: TeacherPrivacy | None = None
+) -> dict[str, TrainedTeacher]:
+    """Every node's private data and (cached) teacher for one seed, trained with DP-SGD if `privacy` is given.
+
+    Node seeds derive from `seed`, and so do the DP teachers' mechanism seeds: a simulation may
+    reproduce its noise, a deployed node never does.
+    """
     fed = federation(dataset)
     out = {}
     for i, name in enumerate(fed.nodes):
         data = fed.node(name, seed)
-        out[name] = (data, load_or_train_teacher(data, teacher_path(cache_dir, dataset, name, seed), seed=seed * 10 + i))
+        out[name] = load_or_train_teacher(
+            data, teacher_path(cache_dir, dataset, name, seed, privacy), seed=teacher_seed(seed, i), privacy=privacy,
+            mechanism_seed=None if privacy is None else seed * 1000 + 500 + i,
+        )
     return out
+
+
+def teacher_privacy(dp: DPSettings, teacher_share: float) -> TeacherPrivacy:
+    """What each node's DP teacher spends on its own: `teacher_share` of the budget, under the budget's delta and accountant."""
+    return TeacherPrivacy(teacher_share * dp.target_epsilon, dp.delta, dp.accountant)
 
 
 def _objective(
@@ -118,7 +140,8 @@ def simulate(
     plus: PlusSettings | None = None,
     teacher_cache: Path | None = None,
     recipe: AdaptRecipe | None = None,
-    teachers: dict[str, tuple[NodeData, ConvNet]] | None = None,
+    teachers: dict[str, TrainedTeacher] | None = None,
+    teacher_share: float = PrivacySection.teacher_share,
     selection: str | None = None,
     aggregation: str = "plain",
     secagg: SecAggConfig | None = None,
@@ -132,10 +155,14 @@ def simulate(
 
     `dp=None` means the default DPSettings with `planned_rounds=rounds`; `private=False` trains the
     same objective without DP (PlainTrainer) and reports no epsilon. `selection` overrides the
-    method's selection mode; `aggregation="secure"` sums the weighted updates through SecAgg with
+    method's selection mode; `aggregation="secure"` sums the updates through SecAgg (then divides) with
     `secagg`'s clip and level bits (default SecAggConfig, as the deployed aggregator).
-    `teachers` are this seed's `federation_teachers` if already loaded (else trained or read from
-    `teacher_cache`). `baseline` is this seed's Scratch model if already trained (it is the same for every method),
+    With `private`, every node's teacher is trained with DP-SGD spending `teacher_share` of the
+    budget and each node's accountant starts from that training, so the reported epsilon covers the
+    teacher and the rounds together; without, teachers are trained without DP. `teachers` are this
+    seed's `federation_teachers` if already loaded (else trained or read from `teacher_cache`);
+    a private run given teachers without a DP mechanism reports epsilon for the rounds alone.
+    `baseline` is this seed's Scratch model if already trained (it is the same for every method),
     of the same `arch` and `target_tasks`. The student is adapted and evaluated every `eval_every`
     rounds and after the last (accuracy None in between), except under Grad-CAM selection, which
     needs the adapted student every round. `arch` names the student architecture
@@ -166,13 +193,16 @@ def simulate(
     nodes: dict[str, _Node] = {}
     if teachers is None:
         with tempfile.TemporaryDirectory() as tmp:
-            teachers = federation_teachers(dataset, seed, Path(teacher_cache or tmp))
+            privacy = teacher_privacy(dp, teacher_share) if private else None
+            teachers = federation_teachers(dataset, seed, Path(teacher_cache or tmp), privacy)
     for i, name in enumerate(names):
-        data, teacher = teachers[name]
+        data, teacher, mechanism = teachers[name]
         objective = _objective(METHODS[method][1], teacher, data, probe, seed, plus, arch)
         trainer: DPDistiller | PlainTrainer
         if private:
-            trainer = DPDistiller(teacher, data, dp, seed=seed, mechanism_seed=seed * 1000 + i, objective=objective)
+            prior = [] if mechanism is None else [(mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps)]
+            trainer = DPDistiller(teacher, data, dp, seed=seed, mechanism_seed=seed * 1000 + i, objective=objective,
+                                  ledger_history=prior, teacher_history=prior)
         else:
             trainer = PlainTrainer(objective, dp, seed=seed * 1000 + i)
         nodes[name] = _Node(data, teacher, trainer, objective)
@@ -195,7 +225,8 @@ def simulate(
         scores = {}
         for n in names:
             t0 = time.perf_counter()
-            scores[n] = output_transferability(nodes[n].teacher, nodes[n].data.task, probe)
+            initial = make_teacher(nodes[n].data.train.num_classes, teacher_seed(seed, names.index(n)))
+            scores[n] = output_transferability(nodes[n].teacher, nodes[n].data.task, probe, initial)
             node_seconds[n] += time.perf_counter() - t0
         probs = concentrated_probabilities([scores[n] for n in names], plus.temperature, plus.top_k)
 
@@ -224,20 +255,19 @@ def simulate(
             train_seconds[name] = time.perf_counter() - t0
             node_seconds[name] += train_seconds[name]
         traffic = {"bytes_down": state_bytes * len(cohort), "bytes_up": 0, "protocol_bytes_up": 0}
-        max_weighted = 0.0
+        max_update = 0.0
         if updates:
-            weighted = {n: u.astype(np.float64) / len(updates) for n, u in updates.items()}  # uniform over trainers
-            max_weighted = float(max(np.abs(w).max() for w in weighted.values()))
-            if aggregation == "secure":
-                summed = secure_sum(weighted, r, spec)
-                total = summed.total
+            max_update = float(max(np.abs(u).max() for u in updates.values()))
+            if aggregation == "secure":  # each node adds its update unweighted; the mean is taken after unmasking
+                summed = secure_sum(updates, r, spec)
+                total = summed.total / len(updates)
                 traffic["bytes_up"] = summed.upload_bytes
                 traffic["protocol_bytes_up"] = summed.protocol_up_bytes
                 traffic["bytes_down"] += summed.protocol_down_bytes
                 for n, seconds in summed.node_seconds.items():
                     node_seconds[n] += seconds
             else:
-                total = np.sum(list(weighted.values()), axis=0)
+                total = np.mean([u.astype(np.float64) for u in updates.values()], axis=0)
                 traffic["bytes_up"] = sum(FLOAT_BYTES * u.size for u in updates.values())
             apply_update(student, total, released)
             tail.add(student)
@@ -259,7 +289,7 @@ def simulate(
                 "task_accuracy": accuracy,
                 "epsilon": {n: nodes[n].trainer.epsilon for n in names} if private else None,
                 "train_seconds": train_seconds,
-                "max_abs_weighted_update": max_weighted,
+                "max_abs_update": max_update,
                 "adapt_seconds": adapt_seconds,
                 **traffic,
             }
@@ -284,13 +314,21 @@ def simulate(
         "task_accuracy": history[-1]["task_accuracy"],
         "scratch_task_accuracy": scratch_tasks,
         "epsilon": {n: nodes[n].trainer.epsilon for n in names} if private else None,
+        "teacher_epsilon": {n: _teacher_epsilon(t.mechanism) for n, t in teachers.items()} if private else None,
         "selection_counts": {n: sum(n in h["cohort"] for h in history[1:]) for n in names},
-        "max_abs_weighted_update": max((h["max_abs_weighted_update"] for h in history[1:]), default=0.0),
+        "max_abs_update": max((h["max_abs_update"] for h in history[1:]), default=0.0),
         "bytes_up": sum(h["bytes_up"] for h in history[1:]),
         "bytes_down": sum(h["bytes_down"] for h in history[1:]),
         "protocol_bytes_up": sum(h["protocol_bytes_up"] for h in history[1:]),
         "node_seconds": node_seconds,
     }
+
+
+def _teacher_epsilon(mechanism: Mechanism | None) -> float | None:
+    """What a teacher's DP training spent on its own (None: trained without DP, not accounted)."""
+    if mechanism is None:
+        return None
+    return epsilon_of([(mechanism.noise_multiplier, mechanism.sample_rate, mechanism.steps)], mechanism.delta, mechanism.accountant)
 
 
 def _overrides(cls: type, items: list[str]) -> dict:

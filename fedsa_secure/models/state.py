@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
+
+from fedsa_secure.crypto import sha256
 
 BACKBONE = "features"
 
@@ -54,3 +59,19 @@ def unflatten_like(vector: np.ndarray, template_state: dict[str, np.ndarray]) ->
         out[name] = vector[offset : offset + size].reshape(shape).copy()
         offset += size
     return out
+
+
+def state_digest(state: Mapping[str, np.ndarray | torch.Tensor]) -> bytes:
+    """SHA-256 of named arrays: each name, dtype, shape and little-endian bytes, in sorted-name order.
+
+    What a round binds into its session as the model every input starts from, and what a
+    ledger records of the DP teacher it charged.
+    """
+    parts = [b"fedsa-secure/v1/state"]
+    for name in sorted(state):
+        value = state[name]
+        array = np.ascontiguousarray(value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else value)
+        little = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        header = json.dumps([name, little.dtype.str, list(array.shape)]).encode()
+        parts += [len(header).to_bytes(8, "big"), header, little.nbytes.to_bytes(8, "big"), little.tobytes()]
+    return sha256(b"".join(parts))

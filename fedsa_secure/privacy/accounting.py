@@ -8,6 +8,7 @@ epsilon computed here from a history equals the live accountant's epsilon bit fo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from functools import lru_cache
 from importlib.metadata import version
 
@@ -17,7 +18,10 @@ from opacus.accountants.analysis import rdp as opacus_rdp
 from opacus.accountants.analysis.prv import Domain, PoissonSubsampledGaussianPRV
 from opacus.accountants.utils import get_noise_multiplier
 
-History = list[tuple[float, float, int]]
+from fedsa_secure.errors import BudgetExhausted
+
+Step = tuple[float, float, int]  # (noise_multiplier, sample_rate, steps)
+History = list[Step]
 
 SECURE_MODE_AVAILABLE = False
 SECURE_MODE_REASON = (
@@ -30,17 +34,27 @@ EPSILON_TOLERANCE = 0.01  # calibrated epsilon lands in [target - tolerance, tar
 
 
 @lru_cache(maxsize=64)
-def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str) -> float:
-    """Smallest noise multiplier, to within EPSILON_TOLERANCE in epsilon, whose epsilon after `steps` is <= target.
+def calibrate_noise(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str, prior: tuple[Step, ...] = ()
+) -> float:
+    """Smallest noise multiplier, to within EPSILON_TOLERANCE in epsilon, whose epsilon after `prior`
+    followed by `steps` steps is <= target.
 
-    RDP: Opacus's own binary search (each evaluation is cheap). PRV: each evaluation costs a
-    fraction of a second (mostly its RDP-based domain bound), and Opacus's bisection from
-    [0, 20] needs about 15 of them. Instead start from the RDP answer (RDP overestimates
-    epsilon, so its sigma is just above PRV's), bracket within 10% below it and close in by
-    regula falsi (Illinois): about 4 PRV evaluations. The answer always satisfies
+    `prior` is what the node has spent already (its teacher's training, say): the mechanisms compose
+    (PRV and RDP both handle a history of different mechanisms). RDP without a prior: Opacus's own
+    binary search (each evaluation is cheap). Otherwise each evaluation costs a fraction of a second
+    (mostly PRV's RDP-based domain bound), and a bisection from [0, 20] needs about 15 of them.
+    Instead start near the root (without a prior, from the RDP answer: RDP overestimates epsilon, so
+    its sigma is just above PRV's; with one, from the answer without it, which is below), bracket it
+    and close in by regula falsi (Illinois): a few evaluations. The answer always satisfies
     epsilon <= target as the live accountant computes it, within EPSILON_TOLERANCE of it.
     """
-    if accountant != "prv":
+    spent = epsilon_of(list(prior), delta, accountant)
+    if spent >= target_epsilon - EPSILON_TOLERANCE:
+        raise BudgetExhausted(
+            f"epsilon {spent:.4f} of {target_epsilon} is already spent: no noise level leaves room for {steps} more steps"
+        )
+    if not prior and accountant != "prv":
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Optimal order is the")
             return float(
@@ -53,31 +67,24 @@ def calibrate_noise(target_epsilon: float, delta: float, sample_rate: float, ste
                     epsilon_tolerance=EPSILON_TOLERANCE,
                 )
             )
-    sigma = calibrate_noise(target_epsilon, delta, sample_rate, steps, "rdp")
-    return _prv_root(target_epsilon, delta, sample_rate, steps, sigma, eps_error=None, tolerance=EPSILON_TOLERANCE)
-
-
-def _prv_epsilon(sigma: float, sample_rate: float, steps: int, delta: float, eps_error: float | None) -> float:
-    if eps_error is None:  # exactly what the live accountant reports
-        return epsilon_of([(sigma, sample_rate, steps)], delta, "prv")
-    acc = _SharedRdpPRVAccountant()
-    acc.history = [(sigma, sample_rate, steps)]
-    return float(acc.get_epsilon(delta=delta, eps_error=eps_error))
-
-
-def _prv_root(
-    target: float, delta: float, sample_rate: float, steps: int, start: float, *, eps_error: float | None, tolerance: float
-) -> float:
-    """Sigma with PRV epsilon in [target - tolerance, target], searched from `start` (a guess near the root)."""
+    start = calibrate_noise(target_epsilon, delta, sample_rate, steps, "rdp" if not prior else accountant)
 
     def excess(sigma: float) -> float:
-        return _prv_epsilon(sigma, sample_rate, steps, delta, eps_error) - target
+        return epsilon_of(extend_history(list(prior), sigma, sample_rate, steps), delta, accountant) - target_epsilon
 
+    return _root(excess, start, EPSILON_TOLERANCE)
+
+
+def _root(excess: Callable[[float], float], start: float, tolerance: float) -> float:
+    """Sigma with excess(sigma) in [-tolerance, 0] (excess falls as sigma grows), searched from `start`."""
+    lo: float | None = None
     hi, f_hi = start, excess(start)
-    while f_hi > 0:  # over budget: move the upper end up
+    growth = 1.05
+    while f_hi > 0:  # over budget: move the upper end up, by larger steps each time
         lo, f_lo = hi, f_hi
-        hi, f_hi = hi * 1.05, excess(hi * 1.05)
-    if "lo" not in locals():
+        hi, f_hi = hi * growth, excess(hi * growth)
+        growth = 1 + 2 * (growth - 1)
+    if lo is None:
         lo, f_lo = hi * 0.9, excess(hi * 0.9)  # PRV's sigma is typically 5-7% below RDP's
         while f_lo <= 0:  # still within budget: a better upper end; look lower
             hi, f_hi = lo, f_lo

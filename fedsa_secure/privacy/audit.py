@@ -1,32 +1,39 @@
 """`fedsa-secure audit PATH [--json] [--empirical]`: verify ledgers, recompute epsilon, write the report.
 
-PATH is a run directory (every node's ledger, checked against the aggregator's summary, and
-report.json + report.html written) or one ledger file (checked against its head file, and
-against the run's summary when it sits in a run's `ledgers/` folder). The exit status is 0
-only if every ledger verifies, every recorded epsilon is reproduced and no budget is exceeded.
+PATH is a run directory (every node's ledger under `nodes/`, checked against the aggregator's
+summary, and report.json + report.html written), a node's state directory (the ledgers of its
+record sets), or one ledger file (checked against its head file, and against the run's summary
+when it sits in a run's `nodes/` folder). The exit status is 0 only if every ledger verifies,
+every recorded epsilon is reproduced and no budget is exceeded.
 """
 
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from fedsa_secure.data import node_data
+from fedsa_secure.config import load_node_config
+from fedsa_secure.data import NodeData, federation
 from fedsa_secure.errors import LedgerError
 from fedsa_secure.privacy.crosscheck import histories
 from fedsa_secure.privacy.empirical import canary_audit
-from fedsa_secure.privacy.ledger import verify_file
-from fedsa_secure.privacy.report import build_report, write_files
+from fedsa_secure.privacy.ledger import head_path, verify_file
+from fedsa_secure.privacy.report import NODES_DIR, build_report, write_files
+from fedsa_secure.privacy.state import KEY_FILE, LEDGER_FILE, find_ledgers
 
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
-def run_audit(path: Path, *, json_output: bool, empirical: bool, out: Path | None) -> int:
-    """Audit PATH, print the verdict (or the report as JSON), write report files; 0 if all is well, else 1."""
+def run_audit(path: Path, *, json_output: bool, empirical: bool, out: Path | None, nodes: Path | None = None) -> int:
+    """Audit PATH, print the verdict (or the report as JSON), write report files; 0 if all is well, else 1.
+
+    `nodes`: where the run's node state dirs are, when not under the run directory's `nodes/`.
+    """
     path = Path(path)
     run_dir, ledgers = _subject(path)
+    if nodes is not None:
+        ledgers = find_ledgers(Path(nodes))
     extra = empirical_audit(run_dir, ledgers) if empirical else None
     report = build_report(run_dir, ledgers, extra)
     destination = out if out is not None else (path if path.is_dir() else None)
@@ -38,19 +45,28 @@ def run_audit(path: Path, *, json_output: bool, empirical: bool, out: Path | Non
 def _subject(path: Path) -> tuple[Path | None, dict[str, Path] | None]:
     """(run directory or None, explicit ledgers or None for "all of the run's")."""
     if path.is_dir():
-        if not (path / "summary.json").exists() and not (path / "ledgers").is_dir():
-            raise LedgerError(f"{path} is neither a run directory (no summary.json, no ledgers/) nor a ledger file")
-        return path, None
-    if path.suffix == ".jsonl" and (path.exists() or path.with_name(f"{path.stem}.head.json").exists()):
-        in_run = path.parent.name == "ledgers" and (path.parent.parent / "summary.json").exists()
-        return (path.parent.parent if in_run else None), {path.stem: path}
-    raise LedgerError(f"{path}: no such ledger file (*.jsonl) or run directory")
+        if (path / "summary.json").exists() or (path / NODES_DIR).is_dir():
+            return path, None
+        if (path / KEY_FILE).exists():  # a node's state_dir: one ledger per record set
+            name = path.name
+            return None, {f"{name}/{p.parent.name}": p for p in sorted(path.glob(f"*/{LEDGER_FILE}"))}
+        raise LedgerError(f"{path} is neither a run directory (no summary.json, no nodes/), a node's state directory "
+                          f"(no {KEY_FILE}) nor a ledger file")
+    if path.suffix == ".jsonl" and (path.exists() or head_path(path).exists()):
+        run_dir = path.parents[3] if len(path.parents) > 3 else None
+        in_run = run_dir is not None and path.parents[2].name == NODES_DIR and (run_dir / "summary.json").exists()
+        return (run_dir if in_run else None), {path.parents[1].name if in_run else path.stem: path}
+    raise LedgerError(f"{path}: no such ledger file (*.jsonl), run directory or node state directory")
 
 
 def empirical_audit(run_dir: Path | None, ledgers: dict[str, Path] | None) -> dict[str, Any]:
-    """Canary audit of the node that spent the most, replaying its recorded mechanism on its own records."""
+    """Canary audit of the node that spent the most, replaying its recorded mechanisms on its own records.
+
+    The records are the node's as its config in the run directory names them (the demo writes
+    config/<node>.toml); a node's own officer, who holds the records, runs it where they are.
+    """
     if ledgers is None:
-        ledgers = {p.stem: p for p in sorted((run_dir / "ledgers").glob("*.jsonl"))} if run_dir else {}
+        ledgers = find_ledgers(run_dir / NODES_DIR) if run_dir else {}
     verified = {}
     for name, path in ledgers.items():
         entries, check = verify_file(path)
@@ -60,8 +76,15 @@ def empirical_audit(run_dir: Path | None, ledgers: dict[str, Path] | None) -> di
         raise LedgerError("the empirical audit needs at least one node with a verified, non-empty ledger")
     name = max(verified, key=lambda n: float(verified[n][-1]["epsilon"]))
     entries = verified[name]
-    data = node_data(name, _data_seed(run_dir, name))
+    data = _node_records(run_dir, name.split("/")[0])
     last = entries[-1]
+    described = last.get("records"), last.get("record", {}).get("shape")
+    found = len(data.train), list(data.train.x.shape[1:])
+    if described != found:
+        raise LedgerError(
+            f"{name}'s ledger describes {described[0]} records of shape {described[1]}, but its config gives {found[0]} "
+            f"of shape {found[1]}: the canary audit must replay the mechanism on the node's own records"
+        )
     result = canary_audit(
         data.train.x, data.train.y, history=histories(entries)[-1], max_grad_norm=float(last["max_grad_norm"]),
         delta=float(last["delta"]), accountant=str(last["accountant"]), node=name,
@@ -69,18 +92,24 @@ def empirical_audit(run_dir: Path | None, ledgers: dict[str, Path] | None) -> di
     return result.as_dict()
 
 
-def _data_seed(run_dir: Path | None, name: str) -> int:
-    """The data seed of the node's config (the demo writes config/<node>.toml), else the run's, else 0."""
-    if run_dir is not None and (config := run_dir / "config" / f"{name}.toml").exists():
-        return int(tomllib.loads(config.read_text(encoding="utf-8")).get("data", {}).get("seed", 0))
-    if run_dir is not None and (student := run_dir / "student.json").exists():
-        return int(json.loads(student.read_text(encoding="utf-8")).get("seed", 0))
-    return 0
+def _node_records(run_dir: Path | None, name: str) -> NodeData:
+    """The node's records, from the dataset and seed of its config in the run directory."""
+    config = run_dir / "config" / f"{name}.toml" if run_dir is not None else None
+    if config is None or not config.exists():
+        raise LedgerError(
+            f"the empirical audit replays {name}'s mechanism on {name}'s own records, and finds no config of {name} "
+            f"({config}); run it where the node's records are"
+        )
+    data = load_node_config(config).data
+    return federation(data.dataset).node(name, data.seed)
 
 
 def format_text(report: dict[str, Any], written: tuple[Path, Path] | None) -> str:
-    """A few lines per node for a terminal; the report files carry the rest."""
-    lines = []
+    """The guarantee first, what it does not cover in red, then a few lines per node; the report files carry the rest."""
+    headline = report["headline"]
+    lines = [headline["text"], *(f"  {line}" for line in headline["nodes"])]
+    lines += [f"NOT COVERED: {item['text']}" for item in report["not_covered"] if item["severity"] == "red"]
+    lines.append(f"({sum(i['severity'] == 'amber' for i in report['not_covered'])} stated assumptions and limits: see the report)")
     for node in report["nodes"]:
         ledger = node["ledger"]
         status = "ok" if ledger["ok"] else f"FAILED at entry {ledger['first_bad']}"

@@ -60,6 +60,7 @@ class CanaryAudit:
     sample_rate: float
     steps: int
     max_grad_norm: float
+    records: int  # the node's records the mechanism was replayed on (its ledger says how many it has)
     method: str = (
         "One-run canary audit (Steinke, Nasr, Jagielski 2023): the node's DP-SGD mechanism replayed with Opacus "
         "on a linear model over its records plus gradient canaries, each included with probability 1/2; "
@@ -150,7 +151,7 @@ def canary_audit(
     sigma, q, _ = history[0]
     return CanaryAudit(
         node, canaries, guesses, correct, confidence, bound, accounted if math.isfinite(accounted) else None, delta,
-        float(sigma), float(q), int(sum(n for _, _, n in history)), max_grad_norm,
+        float(sigma), float(q), int(sum(n for _, _, n in history)), max_grad_norm, len(x),
     )
 
 

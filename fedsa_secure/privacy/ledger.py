@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from fedsa_secure.errors import LedgerError
+from fedsa_secure.files import atomic_write
 
 GENESIS = "0" * 64
 REQUIRED_FIELDS = (
+    "kind",  # "teacher": the teacher's DP-SGD training; "distillation": one round's
     "round",
     "noise_multiplier",
     "sample_rate",
@@ -74,54 +76,81 @@ def head_path(ledger_path: Path) -> Path:
 
 
 class Ledger:
-    """A node's ledger file; `append` is the only way entries are written."""
+    """A node's ledger file; `append` is the only way entries are written.
+
+    Opening it verifies the chain and its sidecar anchor (LedgerError names the first bad entry).
+    A last line without its newline is an append that a crash cut short: its update never left
+    (the charge is written before the release), so it is rolled back, and so is an append that
+    fails (disk full, I/O error), which the node then reports as a reason to decline the round.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.rolled_back = _roll_back_torn_line(self.path)
         existing = read_entries(self.path) if self.path.exists() else []
         anchors = [sidecar] if (sidecar := read_head(head_path(self.path))) is not None else []
         check = verify_entries(existing, anchors)
         if not check.ok:
-            raise LedgerError(f"{self.path}: {check.reason}; refusing to append to a broken ledger")
-        self._last_hash = existing[-1]["hash"] if existing else GENESIS
-        self._count = len(existing)
+            raise LedgerError(f"{self.path}: {check.reason}; refusing to use a broken ledger")
+        self._entries = existing
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._entries)
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, oldest first (copies)."""
+        return [dict(entry) for entry in self._entries]
 
     @property
     def head(self) -> LedgerHead:
         """What a witness should record now (the node reports this to the aggregator)."""
-        return LedgerHead(self._count, self._last_hash, "ledger")
+        return LedgerHead(len(self._entries), self._entries[-1]["hash"] if self._entries else GENESIS, "ledger")
 
     def append(self, charge: dict[str, Any]) -> dict[str, Any]:
         missing = [f for f in REQUIRED_FIELDS if f not in charge]
         if missing:
             raise LedgerError(f"ledger charge lacks fields {missing}")
-        entry = {"seq": self._count, **charge, "prev_hash": self._last_hash}
+        entry = {"seq": len(self._entries), **charge, "prev_hash": self.head.head}
         entry["hash"] = entry_hash(entry)
-        line = json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n"
+        line = (json.dumps(entry, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._last_hash = entry["hash"]
-        self._count += 1
+        with open(self.path, "ab") as handle:
+            size = handle.tell()
+            try:
+                handle.write(line)
+                handle.flush()
+                os.fsync(handle.fileno())
+            except OSError as exc:
+                handle.truncate(size)  # back to the last whole entry, so the next append can succeed
+                raise LedgerError(
+                    f"{self.path}: could not write entry {entry['seq']} ({exc.strerror or exc}); rolled back to "
+                    f"{len(self._entries)} entries. Free space or fix the disk; nothing was charged or released"
+                ) from None
+        self._entries.append(entry)
         # After the ledger is durable: a crash here leaves the sidecar one entry behind, which
         # verifies (the ledger may run ahead of a witness, never behind it).
         write_head(head_path(self.path), self.head)
         return entry
 
 
-def write_head(path: Path, head: LedgerHead) -> None:
-    """Atomically replace the sidecar anchor (temp file, fsync, rename)."""
-    temp = path.with_name(f".{path.name}.tmp")
-    with open(temp, "w", encoding="utf-8") as handle:
-        json.dump(head.as_dict(), handle, sort_keys=True)
+def _roll_back_torn_line(path: Path) -> bool:
+    """Cut a last line that lacks its newline (an append cut short); True if there was one."""
+    if not path.exists():
+        return False
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    with open(path, "r+b") as handle:
+        handle.truncate(data.rfind(b"\n") + 1)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(temp, path)
+    return True
+
+
+def write_head(path: Path, head: LedgerHead) -> None:
+    """Atomically replace the sidecar anchor."""
+    atomic_write(path, json.dumps(head.as_dict(), sort_keys=True))
 
 
 def read_head(path: Path) -> LedgerHead | None:

@@ -26,6 +26,8 @@ h1{margin-bottom:.2em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margi
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em} td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}
 th{background:#f3f3f3} .ok{color:#17692b;font-weight:600} .bad{color:#b00020;font-weight:600}
 .verdict{padding:.7em 1em;border-radius:6px;margin:1em 0} .verdict.ok{background:#e7f5ea} .verdict.bad{background:#fde8ea}
+.box{padding:.7em 1em;border-radius:6px;margin:1em 0;border-left:6px solid} .red{background:#fde8ea;border-color:#b00020}
+.amber{background:#fff4e0;border-color:#d98b00} .guarantee{background:#e7f5ea;border-color:#17692b}
 img{max-width:100%} .muted{color:#666;font-size:.9em} code{background:#f3f3f3;padding:0 .2em}
 """
 
@@ -37,6 +39,8 @@ def render_html(report: dict[str, Any]) -> str:
         f"<h1>Privacy audit: {escape(subject)}</h1>",
         f"<p class='muted'>Schema {escape(report['schema'])} v{report['schema_version']}, generated "
         f"{escape(report['generated_at'])} by fedsa-secure {escape(report['generator']['fedsa_secure'])}.</p>",
+        _headline(report["headline"]),
+        _not_covered(report["not_covered"]),
         _verdict(report["verdict"]),
         _budget_table(report["nodes"]),
         _plots(report),
@@ -82,21 +86,42 @@ def _status(ok: bool, text: str) -> _Markup:
     return _Markup(f"<span class='{'ok' if ok else 'bad'}'>{escape(text)}</span>")
 
 
+def _headline(headline: dict[str, Any]) -> str:
+    """The guarantee as it is, per node: the first thing on the page."""
+    items = "".join(f"<li>{escape(line)}</li>" for line in headline["nodes"])
+    return f"<div class='box {'guarantee' if headline['holds'] else 'red'}'><b>{escape(headline['text'])}</b><ul>{items}</ul></div>"
+
+
+def _not_covered(items: list[dict[str, str]]) -> str:
+    """What the guarantee does not cover, before anything else: red where it does not hold, amber where it assumes."""
+    parts = []
+    for severity, title in (("red", "Not covered: the guarantee does not hold here"),
+                            ("amber", "Not covered, or resting on an assumption")):
+        chosen = "".join(f"<li>{escape(i['text'])}</li>" for i in items if i["severity"] == severity)
+        if chosen:
+            parts.append(f"<div class='box {severity}'><b>{title}</b><ul>{chosen}</ul></div>")
+    return "".join(parts)
+
+
 def _verdict(verdict: dict[str, Any]) -> str:
     if verdict["ok"]:
-        return "<div class='verdict ok'><b>All ledgers verify, every recorded epsilon is reproduced, no budget is exceeded.</b></div>"
+        return ("<div class='verdict ok'>Ledger verification: every ledger verifies, every recorded epsilon is "
+                "reproduced, no budget is exceeded.</div>")
     items = "".join(f"<li>{escape(p)}</li>" for p in verdict["problems"])
     return f"<div class='verdict bad'><b>The audit found problems:</b><ul>{items}</ul></div>"
 
 
 def _budget_table(nodes: list[dict[str, Any]]) -> str:
     rows = [
-        (n["name"], n["epsilon"], n["target_epsilon"], n["remaining_epsilon"], n["delta"], n["rounds_trained"],
-         n["declines"], _status(n["ledger"]["ok"], "verified" if n["ledger"]["ok"] else "FAILED"))
+        (n["name"], n["epsilon"], (n["teacher"] or {}).get("epsilon_alone"), n["target_epsilon"], n["remaining_epsilon"],
+         n["delta"], n["rounds_trained"], n["declines"], _status(n["ledger"]["ok"], "verified" if n["ledger"]["ok"] else "FAILED"))
         for n in nodes
     ]
-    header = ("node", "epsilon spent", "budget", "remaining", "delta", "rounds trained", "declines", "ledger")
-    return "<h2>Privacy spent per node</h2>" + _table(header, rows)
+    header = ("node", "epsilon spent (all)", "of which the teacher alone", "budget", "remaining", "delta", "rounds trained",
+              "declines", "ledger")
+    return ("<h2>Privacy spent per node</h2><p>Each node's epsilon covers its teacher's DP training and every round it "
+            "trained, composed in one accountant (the teacher's own figure is shown for the split; epsilons do not add up "
+            "linearly).</p>" + _table(header, rows))
 
 
 def _plots(report: dict[str, Any]) -> str:
@@ -108,7 +133,8 @@ def _plots(report: dict[str, Any]) -> str:
     if run is not None and rounds:
         figures.append(("Adapted-student accuracy over rounds, against Scratch", lambda: _accuracy_figure(rounds, run)))
         figures.append(("Selection probabilities over rounds", lambda: _selection_figure(rounds)))
-    parts = [f"<figure><img alt='{escape(title)}' src='data:image/png;base64,{_png(make())}'><figcaption>{escape(title)}</figcaption></figure>"
+    parts = [f"<figure><img alt='{escape(title)}' src='data:image/png;base64,{_png(make())}'>"
+             f"<figcaption>{escape(title)}</figcaption></figure>"
              for title, make in figures]
     return "<h2>Over the run</h2>" + "".join(parts)
 
@@ -191,15 +217,20 @@ def _curve_figure(nodes: list[dict[str, Any]]) -> Figure:
 
 def _statement(report: dict[str, Any]) -> str:
     s = report["statement"]
-    covered = "".join(f"<li>{escape(x)}</li>" for x in s["covered"])
-    not_covered = "".join(f"<li>{escape(x)}</li>" for x in s["not_covered"])
+    units = "".join(f"<li>{escape(name)}: {escape(unit)}</li>" for name, unit in s["unit_of_privacy"].items())
+    accesses = "".join(f"<li>{escape(x)}</li>" for x in s["data_accesses"])
+    assumptions = "".join(f"<li>{escape(x)}</li>" for x in s["accounting_assumptions"])
+    releases = _table(("what a node releases", "to whom", "what covers it"),
+                      [(r["release"], r["to"], r["covered_by"]) for r in s["releases"]])
     return (
         "<h2>What the guarantee means</h2>"
-        f"<h3>Unit of privacy</h3><p>{escape(s['unit_of_privacy'])}</p>"
+        f"<h3>Setting</h3><p>{escape(s['dp_setting'])}</p>"
+        f"<h3>Unit of privacy</h3><ul>{units}</ul>"
         f"<h3>Adjacency</h3><p>{escape(s['adjacency'])}</p>"
         f"<h3>Threat model</h3><p>{escape(s['threat_model'])}</p>"
-        f"<h3>What is covered</h3><ul>{covered}</ul>"
-        f"<h3>What is not covered</h3><ul>{not_covered}</ul>"
+        f"<h3>Every use of the records</h3><ul>{accesses}</ul>"
+        f"<h3>Every release, and what covers it</h3>{releases}"
+        f"<h3>Accounting assumptions</h3><ul>{assumptions}</ul>"
     )
 
 
@@ -235,9 +266,10 @@ def _ledgers(nodes: list[dict[str, Any]]) -> str:
 
 
 def _mechanisms(nodes: list[dict[str, Any]]) -> str:
-    header = ("node", "round", "noise multiplier", "sample rate", "steps", "clipping norm", "delta", "accountant", "cumulative epsilon")
-    rows = [(n["name"], m["round"], m["noise_multiplier"], m["sample_rate"], m["steps"], m["max_grad_norm"], m["delta"],
-             m["accountant"], m["epsilon"]) for n in nodes for m in n["mechanism"]]
+    header = ("node", "entry", "kind", "round", "noise multiplier", "sample rate", "steps", "clipping norm", "delta",
+              "accountant", "cumulative epsilon")
+    rows = [(n["name"], m["seq"], m["kind"], m["round"], m["noise_multiplier"], m["sample_rate"], m["steps"],
+             m["max_grad_norm"], m["delta"], m["accountant"], m["epsilon"]) for n in nodes for m in n["mechanism"]]
     return "<h2>Mechanism parameters per charge</h2>" + _table(header, rows)
 
 

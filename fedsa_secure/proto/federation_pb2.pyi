@@ -63,7 +63,7 @@ class QuantizationSpec(_message.Message):
     def __init__(self, clip: _Optional[float] = ..., level_bits: _Optional[int] = ...) -> None: ...
 
 class RoundConfig(_message.Message):
-    __slots__ = ("round", "participants", "threshold", "vector_length", "quantization", "modulus_bits", "nonce", "degree")
+    __slots__ = ("round", "participants", "threshold", "vector_length", "quantization", "modulus_bits", "nonce", "degree", "context")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class RoundConfig(_message.Message):
     MODULUS_BITS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     DEGREE_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
     round: int
     participants: _containers.RepeatedScalarFieldContainer[str]
     threshold: int
@@ -80,21 +81,28 @@ class RoundConfig(_message.Message):
     modulus_bits: int
     nonce: bytes
     degree: int
-    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., vector_length: _Optional[int] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., modulus_bits: _Optional[int] = ..., nonce: _Optional[bytes] = ..., degree: _Optional[int] = ...) -> None: ...
+    context: bytes
+    def __init__(self, round: _Optional[int] = ..., participants: _Optional[_Iterable[str]] = ..., threshold: _Optional[int] = ..., vector_length: _Optional[int] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., modulus_bits: _Optional[int] = ..., nonce: _Optional[bytes] = ..., degree: _Optional[int] = ..., context: _Optional[bytes] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("round", "student_state", "weight", "secagg")
+    __slots__ = ("round", "student_state", "secagg")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     STUDENT_STATE_FIELD_NUMBER: _ClassVar[int]
-    WEIGHT_FIELD_NUMBER: _ClassVar[int]
     SECAGG_FIELD_NUMBER: _ClassVar[int]
     round: int
     student_state: _containers.RepeatedCompositeFieldContainer[NamedTensor]
-    weight: float
     secagg: RoundConfig
-    def __init__(self, round: _Optional[int] = ..., student_state: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., weight: _Optional[float] = ..., secagg: _Optional[_Union[RoundConfig, _Mapping]] = ...) -> None: ...
+    def __init__(self, round: _Optional[int] = ..., student_state: _Optional[_Iterable[_Union[NamedTensor, _Mapping]]] = ..., secagg: _Optional[_Union[RoundConfig, _Mapping]] = ...) -> None: ...
 
 class Decline(_message.Message):
+    __slots__ = ("round", "reason")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    reason: str
+    def __init__(self, round: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Abort(_message.Message):
     __slots__ = ("round", "reason")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +129,12 @@ class PrivacyStatus(_message.Message):
     ledger_entries: int
     ledger_head: str
     def __init__(self, round: _Optional[int] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., rounds_trained: _Optional[int] = ..., fits_next_round: _Optional[bool] = ..., ledger_entries: _Optional[int] = ..., ledger_head: _Optional[str] = ...) -> None: ...
+
+class Join(_message.Message):
+    __slots__ = ("status",)
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    status: PrivacyStatus
+    def __init__(self, status: _Optional[_Union[PrivacyStatus, _Mapping]] = ...) -> None: ...
 
 class Shutdown(_message.Message):
     __slots__ = ("reason",)
@@ -257,7 +271,7 @@ class ServerEnvelope(_message.Message):
     def __init__(self, select_request: _Optional[_Union[SelectRequest, _Mapping]] = ..., train_request: _Optional[_Union[TrainRequest, _Mapping]] = ..., roster: _Optional[_Union[Roster, _Mapping]] = ..., share_delivery: _Optional[_Union[ShareDelivery, _Mapping]] = ..., unmask_request: _Optional[_Union[UnmaskRequest, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., wait: _Optional[_Union[Wait, _Mapping]] = ..., consistency_check_request: _Optional[_Union[ConsistencyCheckRequest, _Mapping]] = ..., output_select_request: _Optional[_Union[OutputSelectRequest, _Mapping]] = ...) -> None: ...
 
 class ClientEnvelope(_message.Message):
-    __slots__ = ("select_reply", "decline", "privacy_status", "advertise_keys", "share_keys", "masked_input", "unmask_response", "consistency_check_response", "round")
+    __slots__ = ("select_reply", "decline", "privacy_status", "advertise_keys", "share_keys", "masked_input", "unmask_response", "consistency_check_response", "abort", "join", "round")
     SELECT_REPLY_FIELD_NUMBER: _ClassVar[int]
     DECLINE_FIELD_NUMBER: _ClassVar[int]
     PRIVACY_STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -266,6 +280,8 @@ class ClientEnvelope(_message.Message):
     MASKED_INPUT_FIELD_NUMBER: _ClassVar[int]
     UNMASK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
     CONSISTENCY_CHECK_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     select_reply: SelectReply
     decline: Decline
@@ -275,8 +291,10 @@ class ClientEnvelope(_message.Message):
     masked_input: MaskedInput
     unmask_response: UnmaskResponse
     consistency_check_response: ConsistencyCheckResponse
+    abort: Abort
+    join: Join
     round: int
-    def __init__(self, select_reply: _Optional[_Union[SelectReply, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., privacy_status: _Optional[_Union[PrivacyStatus, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeys, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., consistency_check_response: _Optional[_Union[ConsistencyCheckResponse, _Mapping]] = ..., round: _Optional[int] = ...) -> None: ...
+    def __init__(self, select_reply: _Optional[_Union[SelectReply, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., privacy_status: _Optional[_Union[PrivacyStatus, _Mapping]] = ..., advertise_keys: _Optional[_Union[AdvertiseKeys, _Mapping]] = ..., share_keys: _Optional[_Union[ShareKeys, _Mapping]] = ..., masked_input: _Optional[_Union[MaskedInput, _Mapping]] = ..., unmask_response: _Optional[_Union[UnmaskResponse, _Mapping]] = ..., consistency_check_response: _Optional[_Union[ConsistencyCheckResponse, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., join: _Optional[_Union[Join, _Mapping]] = ..., round: _Optional[int] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("data", "epoch", "sequence")

@@ -10,14 +10,13 @@ the federation CA; the aggregator only carries the signatures and certificates.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from fedsa_secure.crypto import Signer, TrustAnchor
-from fedsa_secure.errors import IntegrityError, ProtocolError
+from fedsa_secure.errors import IntegrityError, ProtocolError, SignatureError
 from fedsa_secure.secagg.messages import AdvertiseKeys, RoundConfig
-from fedsa_secure.secagg.session import encode_fields
+from fedsa_secure.secagg.session import config_bytes, encode_fields
 
 _ADVERTISE_DOMAIN = b"fedsa-secure/v1/secagg-advertise-keys"
 _SURVIVORS_DOMAIN = b"fedsa-secure/v1/secagg-survivors"
@@ -41,12 +40,14 @@ class Credentials:
 
 
 def advertisement_payload(config: RoundConfig, ad: AdvertiseKeys) -> bytes:
-    """What a node signs in AdvertiseKeys: round, nonce, participants, sender and both keys."""
+    """What a node signs in AdvertiseKeys: the whole round config as it received it, its name and both keys.
+
+    A peer that was sent another config (another model, cohort, threshold or nonce) signed other
+    bytes, so its keys fail to verify and the round stops before any masked input is sent.
+    """
     return encode_fields(
         _ADVERTISE_DOMAIN,
-        struct.pack(">Q", config.round),
-        config.nonce,
-        encode_fields(*(name.encode("utf-8") for name in config.participants)),
+        config_bytes(config),
         ad.sender.encode("utf-8"),
         ad.channel_public_key,
         ad.mask_public_key,
@@ -68,7 +69,13 @@ def verify_advertisement(anchor: TrustAnchor, config: RoundConfig, ad: Advertise
     """IntegrityError unless `ad` is signed for this round by the CA-certified holder of its sender name."""
     if not ad.signature or not ad.certificate:
         raise IntegrityError(f"the keys advertised for {ad.sender!r} are not signed")
-    anchor.verify(ad.certificate, ad.sender, advertisement_payload(config, ad), ad.signature)
+    try:
+        anchor.verify(ad.certificate, ad.sender, advertisement_payload(config, ad), ad.signature)
+    except SignatureError as exc:
+        raise SignatureError(
+            f"{exc}: {ad.sender!r} signed its keys for another round configuration (another model, cohort, "
+            "threshold or nonce than this node received), or its keys were substituted"
+        ) from None
 
 
 def check_survivor_signatures(

@@ -26,6 +26,7 @@ class RoundConfig:
     modulus_bits: int  # b: arithmetic in Z_{2^b}; must satisfy n * 2**level_bits < 2**b
     nonce: bytes  # 32 random bytes chosen by the aggregator per round (anti-replay)
     degree: int = 0  # k: neighbours per node in the SecAgg+ graph; 0 means n-1 (classic SecAgg)
+    context: bytes = b""  # digest of what every input starts from (the application's model); in the session id
 
 
 @dataclass(frozen=True)

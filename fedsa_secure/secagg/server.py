@@ -251,7 +251,7 @@ class SecAggServer:
             seeds.append((self_mask_seed(seed, self._session), True))
         for owner in request.dropped:
             advertised = self._advertisements[owner].mask_public_key
-            mask_private = self._recover(owner, False, checks, lambda key: public_from_private(key) == advertised)
+            mask_private = self._recover(owner, False, checks, lambda key, expected=advertised: public_from_private(key) == expected)
             survivor_keys = {
                 k: self._advertisements[k].mask_public_key for k in self._graph[owner] & set(request.survivors)
             }

@@ -17,6 +17,7 @@ from fedsa_secure.secagg.messages import AdvertiseKeys, RoundConfig
 from fedsa_secure.secagg.quantize import check_capacity
 
 NONCE_SIZE = 32
+CONTEXT_SIZES = (0, 32)  # no application context, or a SHA-256 digest
 _DOMAIN = b"fedsa-secure/v1/secagg-session"
 
 
@@ -45,6 +46,8 @@ def validate_config(config: RoundConfig) -> None:
         raise ProtocolError(f"round must be >= 0, got {config.round}")
     if len(config.nonce) != NONCE_SIZE:
         raise ProtocolError(f"round nonce must be {NONCE_SIZE} bytes, got {len(config.nonce)}")
+    if len(config.context) not in CONTEXT_SIZES:
+        raise ProtocolError(f"round context must be empty or a {CONTEXT_SIZES[-1]}-byte digest, got {len(config.context)} bytes")
     check_capacity(config)
 
 
@@ -56,10 +59,10 @@ def x_coordinate(config: RoundConfig, name: str) -> int:
         raise ProtocolError(f"{name!r} is not a participant of round {config.round}") from None
 
 
-def session_id(config: RoundConfig, advertisements: Sequence[AdvertiseKeys]) -> bytes:
-    """SHA-256 of the canonical encoding of `config` and all advertisements sorted by sender."""
+def config_bytes(config: RoundConfig) -> bytes:
+    """The canonical encoding of every field of a round config (signed in advertisements, hashed into the session)."""
     spec = config.quantization
-    config_bytes = encode_fields(
+    return encode_fields(
         struct.pack(">Q", config.round),
         encode_fields(*(name.encode("utf-8") for name in config.participants)),
         struct.pack(">Q", config.threshold),
@@ -69,11 +72,16 @@ def session_id(config: RoundConfig, advertisements: Sequence[AdvertiseKeys]) -> 
         struct.pack(">Q", config.modulus_bits),
         config.nonce,
         struct.pack(">Q", config.degree),
+        config.context,
     )
+
+
+def session_id(config: RoundConfig, advertisements: Sequence[AdvertiseKeys]) -> bytes:
+    """SHA-256 of the canonical encoding of `config` and all advertisements sorted by sender."""
     keys_bytes = encode_fields(
         *(
             encode_fields(ad.sender.encode("utf-8"), ad.channel_public_key, ad.mask_public_key)
             for ad in sorted(advertisements, key=lambda ad: ad.sender)
         )
     )
-    return sha256(encode_fields(_DOMAIN, config_bytes, keys_bytes))
+    return sha256(encode_fields(_DOMAIN, config_bytes(config), keys_bytes))

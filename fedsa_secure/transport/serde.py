@@ -168,7 +168,6 @@ def _put_train_request(out: pb.TrainRequest, msg: m.TrainRequest) -> None:
     for name, array in msg.student_state.items():
         entry = out.student_state.add(name=name)
         tensor_to_proto(array, entry.tensor)
-    out.weight = float(msg.weight)
     _put_round_config(out.secagg, msg.secagg)
 
 
@@ -184,7 +183,6 @@ def _get_train_request(p: pb.TrainRequest) -> m.TrainRequest:
     return m.TrainRequest(
         round=p.round,
         student_state=state,
-        weight=p.weight,
         secagg=_get_round_config(_required(p, "secagg")),
     )
 
@@ -196,6 +194,23 @@ def _put_decline(out: pb.Decline, msg: m.Decline) -> None:
 
 def _get_decline(p: pb.Decline) -> m.Decline:
     return m.Decline(round=p.round, reason=p.reason)
+
+
+def _put_abort(out: pb.Abort, msg: m.Abort) -> None:
+    out.round = msg.round
+    out.reason = msg.reason
+
+
+def _get_abort(p: pb.Abort) -> m.Abort:
+    return m.Abort(round=p.round, reason=p.reason)
+
+
+def _put_join(out: pb.Join, msg: m.Join) -> None:
+    _put_privacy_status(out.status, msg.status)
+
+
+def _get_join(p: pb.Join) -> m.Join:
+    return m.Join(status=_get_privacy_status(_required(p, "status")))
 
 
 def _put_privacy_status(out: pb.PrivacyStatus, msg: m.PrivacyStatus) -> None:
@@ -251,6 +266,7 @@ def _put_round_config(out: pb.RoundConfig, cfg: sa.RoundConfig) -> None:
     out.modulus_bits = cfg.modulus_bits
     out.nonce = cfg.nonce
     out.degree = cfg.degree
+    out.context = cfg.context
 
 
 def _get_round_config(p: pb.RoundConfig) -> sa.RoundConfig:
@@ -264,6 +280,7 @@ def _get_round_config(p: pb.RoundConfig) -> sa.RoundConfig:
         modulus_bits=p.modulus_bits,
         nonce=p.nonce,
         degree=p.degree,
+        context=p.context,
     )
 
 
@@ -392,6 +409,8 @@ _SERVER_TABLE: dict[type, tuple[str, Callable[[Any, Any], None], Callable[[Any],
 _CLIENT_TABLE: dict[type, tuple[str, Callable[[Any, Any], None], Callable[[Any], Any]]] = {
     m.SelectReply: ("select_reply", _put_select_reply, _get_select_reply),
     m.Decline: ("decline", _put_decline, _get_decline),
+    m.Abort: ("abort", _put_abort, _get_abort),
+    m.Join: ("join", _put_join, _get_join),
     m.PrivacyStatus: ("privacy_status", _put_privacy_status, _get_privacy_status),
     sa.AdvertiseKeys: ("advertise_keys", _put_advertise_keys, _get_advertise_keys),
     sa.ShareKeys: ("share_keys", _put_share_keys, _get_share_keys),

@@ -146,6 +146,13 @@ class FederationServer:
                     return got
                 self._cond.wait(left)
 
+    def discard_inbox(self, node: str) -> int:
+        """Drop everything `node` sent that is still queued (answers of its previous process); returns how many."""
+        with self._cond:
+            dropped = len(self._inbox.get(node, []))
+            self._inbox.pop(node, None)
+            return dropped
+
     def wait_for(self, nodes: Collection[str], timeout: float) -> set[str]:
         """Block until all `nodes` have polled at least once or `timeout` passes; return those seen."""
         wanted = set(nodes)

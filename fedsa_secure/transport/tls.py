@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fedsa_secure.crypto import pki
 from fedsa_secure.errors import KeyMaterialError
+from fedsa_secure.files import read_secret
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,10 @@ class TlsFiles:
     key: Path
 
     def load(self) -> tuple[bytes, bytes, bytes]:
-        """Return (ca, cert, key) PEM bytes after checking the cert matches the key and comes from the CA."""
+        """Return (ca, cert, key) PEM bytes after checking the cert matches the key and comes from the CA,
+        and that the key file is private to its owner (as OpenSSH insists)."""
         pki.verify_pair(Path(self.ca_cert), Path(self.cert), Path(self.key))
-        return _read(Path(self.ca_cert)), _read(Path(self.cert)), _read(Path(self.key))
+        return _read(Path(self.ca_cert)), _read(Path(self.cert)), read_secret(Path(self.key))
 
     def common_name(self) -> str:
         """This endpoint's identity (its certificate's CN)."""

@@ -23,6 +23,7 @@ from test_federation import check_secure_student_equals_plaintext_student, updat
 from fedsa_secure.data import federation
 from fedsa_secure.models import backbone_state, flatten_state, make_student
 from fedsa_secure.privacy.ledger import read_entries
+from fedsa_secure.privacy.state import find_ledgers
 
 PLANNED, ASKED = 2, 6
 
@@ -48,17 +49,17 @@ def test_the_run_stops_cleanly_when_budgets_are_spent(run):
     # 2 rounds of budget per node: the run stops once fewer than 3 can train again.
     assert sum(n["rounds_trained"] for n in summary["nodes"]) == 3 * summary["rounds"]
     assert sum(not n["budget_left_for_a_round"] for n in summary["nodes"]) >= 2
+    ledgers = find_ledgers(run_dir / "nodes")
     for node in summary["nodes"]:
         assert node["rounds_trained"] <= PLANNED
         assert node["epsilon"] <= node["target_epsilon"] == 8.0
-        ledger = run_dir / "ledgers" / f"{node['name']}.jsonl"
-        entries = read_entries(ledger) if node["rounds_trained"] else []  # a node never drawn has no ledger yet
-        assert ledger.exists() == bool(node["rounds_trained"])
-        assert len(entries) == node["rounds_trained"] == node["ledger_entries"]
-        assert all(e["epsilon"] <= 8.0 and e["method"] == "fedsa+" for e in entries)
-        assert all(e["steps"] == round(1 / e["sample_rate"]) for e in entries)  # --local-epochs 1: one pass a round
-        if entries:
-            assert node["ledger_head"] == entries[-1]["hash"]
+        entries = read_entries(ledgers[node["name"]])  # every node charged its DP teacher, drawn or not
+        assert [e["kind"] for e in entries] == ["teacher"] + ["distillation"] * node["rounds_trained"]
+        assert len(entries) == node["ledger_entries"] and node["ledger_head"] == entries[-1]["hash"]
+        assert node["epsilon"] == entries[-1]["epsilon"] and all(e["epsilon"] <= 8.0 for e in entries)
+        rounds = entries[1:]
+        assert all(e["method"] == "fedsa+" for e in rounds)
+        assert all(e["steps"] == round(1 / e["sample_rate"]) for e in rounds)  # --local-epochs 1: one pass a round
     assert (run_dir / "student.pt").exists()
 
 
@@ -100,6 +101,11 @@ def test_the_demo_writes_a_verified_report(run):
     assert summary["privacy_verified"] is True
     report = json.loads((run_dir / "report.json").read_text())
     assert report["schema"] == "fedsa-secure/privacy-report" and report["verdict"] == {"ok": True, "problems": []}
+    side = {"digits": 8, "mnist1d": 14}[summary["dataset"]]
+    assert report["headline"]["holds"] and not [i for i in report["not_covered"] if i["severity"] == "red"]
+    for node in report["nodes"]:  # the guarantee covers each node's DP teacher, and says what one record is
+        assert node["teacher"]["entries"] == [0] and 3.99 <= node["teacher"]["epsilon_alone"] <= 4.0
+        assert f"a float32 array of shape 1x{side}x{side} with its label" in node["unit"]
     html = (run_dir / "report.html").read_text()
     assert "<img" in html or "<svg" in html  # plots are embedded: the file stands alone
     assert "<script src" not in html and "<link" not in html  # nothing to fetch
@@ -121,6 +127,16 @@ def test_audit_verifies_the_run_and_recomputes_epsilon(run):
     assert (run_dir / "audit" / "report.html").exists()
 
 
+def test_the_canary_audit_replays_a_node_s_mechanism_on_that_node_s_own_records(run):
+    summary, run_dir, _ = run
+    result = fedsa("audit", str(run_dir), "--empirical", "--json", "--out", str(run_dir / "empirical"))
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    empirical = json.loads(result.stdout)["empirical"]
+    entries = read_entries(find_ledgers(run_dir / "nodes")[empirical["node"]])
+    assert empirical["records"] == entries[-1]["records"] == len(federation(summary["dataset"]).node(empirical["node"], 0).train)
+    assert empirical["consistent"] and empirical["accounted_epsilon"] == pytest.approx(entries[-1]["epsilon"], abs=0.01)
+
+
 @pytest.mark.parametrize("tamper, named", [
     ("lower", "entry 0 was modified"),
     ("truncate", "truncated"),
@@ -130,7 +146,7 @@ def test_audit_names_the_tampered_entry(run, tmp_path, tamper, named):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     name = next(n["name"] for n in summary["nodes"] if n["rounds_trained"] == PLANNED)
-    ledger = copy / "ledgers" / f"{name}.jsonl"
+    ledger = find_ledgers(copy / "nodes")[name]
     lines = ledger.read_text().splitlines()
     if tamper == "lower":
         entry = json.loads(lines[0])

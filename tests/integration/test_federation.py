@@ -21,6 +21,7 @@ import torch
 
 from fedsa_secure.models import backbone_state, flatten_state, make_student
 from fedsa_secure.privacy.ledger import read_entries, verify_entries
+from fedsa_secure.privacy.state import find_ledgers
 from fedsa_secure.secagg.messages import QuantizationSpec
 from fedsa_secure.secagg.packing import unpack
 from fedsa_secure.secagg.quantize import quantization_step, required_modulus_bits
@@ -69,7 +70,8 @@ def test_summary_has_the_promised_fields(federation):
     assert json.loads((root / "run" / "student.json").read_text())["method"] == "fedsa"
 
 
-def test_secure_aggregate_equals_plaintext_weighted_sum(federation):
+def test_secure_aggregate_equals_plaintext_mean(federation):
+    """Nodes add unweighted updates; the aggregator divides the unmasked sum by the survivors."""
     summary, root = federation
     dump = root / "dump"
     clip, level_bits = summary["secagg"]["clip"], summary["secagg"]["level_bits"]
@@ -78,10 +80,10 @@ def test_secure_aggregate_equals_plaintext_weighted_sum(federation):
     for number, updates in rounds.items():
         assert len(updates) == 3
         aggregate = np.load(dump / f"aggregate-r{number}.npy")
-        plaintext = sum(np.clip(u, -clip, clip) for u in updates.values())
+        plaintext = sum(np.clip(u, -clip, clip) for u in updates.values()) / len(updates)
         step = 2 * clip / 2**level_bits
         error = np.abs(aggregate - plaintext)
-        assert error.max() <= len(updates) * step, (error.max(), step)
+        assert error.max() <= step, (error.max(), step)
         assert np.abs(plaintext).max() > 100 * step  # the comparison is not trivially between zeros
 
 
@@ -93,16 +95,16 @@ def saved_student(run_dir: Path, number: int, summary: dict) -> np.ndarray:
 
 
 def excess_over_quantization(start: np.ndarray, updates: list[np.ndarray], saved: np.ndarray, summary: dict) -> float:
-    """max_i |saved_i - (start_i + sum of plaintext updates_i)| minus what quantizing each update may add.
+    """max_i |saved_i - (start_i + mean of plaintext updates_i)| minus what quantizing each update may add.
 
     Each node's update is clipped and stochastically rounded to within one quantization step,
-    so the securely aggregated student may differ from the plaintext one by at most
-    len(updates) steps per coordinate (plus float32 rounding of the stored student).
+    so the securely aggregated mean may differ from the plaintext one by at most one step per
+    coordinate (plus float32 rounding of the stored student).
     """
     clip = summary["secagg"]["clip"]
     step = quantization_step(QuantizationSpec(clip=clip, level_bits=summary["secagg"]["level_bits"]))
-    plaintext_student = start + sum(np.clip(u, -clip, clip) for u in updates)
-    allowed = len(updates) * step + 2 * np.spacing(np.abs(saved).astype(np.float32))
+    plaintext_student = start + sum(np.clip(u, -clip, clip) for u in updates) / len(updates)
+    allowed = step + 2 * np.spacing(np.abs(saved).astype(np.float32))
     return float((np.abs(saved - plaintext_student) - allowed).max())
 
 
@@ -119,7 +121,7 @@ def check_secure_student_equals_plaintext_student(run_dir: Path, dump: Path, sum
         assert excess_over_quantization(start, updates, saved, summary) <= 0
         # The check can fail: the student moved by far more than the tolerance, and missing any one
         # node's update (what a wrong sum would look like) breaks it.
-        assert np.abs(saved - start).max() > 100 * len(updates) * quantization_step(
+        assert np.abs(saved - start).max() > 100 * quantization_step(
             QuantizationSpec(summary["secagg"]["clip"], summary["secagg"]["level_bits"]))
         for left_out in range(len(updates)):
             assert excess_over_quantization(start, updates[:left_out] + updates[left_out + 1:], saved, summary) > 0
@@ -146,13 +148,15 @@ def test_masked_upload_is_unrelated_to_its_update(federation):
             assert abs(np.corrcoef(masked, encoded)[0, 1]) < 0.05
 
 
-def test_every_ledger_verifies_and_records_each_round(federation):
+def test_every_ledger_verifies_and_records_the_teacher_then_each_round(federation):
     summary, root = federation
     trained = {n["name"]: n["rounds_trained"] for n in summary["nodes"]}
+    ledgers = find_ledgers(root / "run" / "nodes")
+    assert sorted(ledgers) == sorted(trained)  # one record set per node, every node trained its DP teacher
     for name, count in trained.items():
-        path = root / "run" / "ledgers" / f"{name}.jsonl"
-        entries = read_entries(path) if path.exists() else []
+        entries = read_entries(ledgers[name])
         assert verify_entries(entries).ok
-        assert len(entries) == count
+        assert [e["kind"] for e in entries] == ["teacher"] + ["distillation"] * count
         epsilons = [e["epsilon"] for e in entries]
         assert epsilons == sorted(epsilons) and all(e <= 8.0 for e in epsilons)
+        assert 3.99 <= epsilons[0] <= 4.0  # the teacher's share (0.5) of the budget, spent first

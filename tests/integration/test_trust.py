@@ -25,7 +25,8 @@ def cli(*args: str) -> list[str]:
 @pytest.fixture
 def aggregator(tmp_path):
     ca, ca_key = create_ca(tmp_path / "ca")
-    certs = {name: issue_certificate(ca, ca_key, name, tmp_path / "ca", hosts=("localhost", "127.0.0.1"))
+    certs = {name: issue_certificate(ca, ca_key, name, tmp_path / "ca", hosts=("localhost", "127.0.0.1"),
+                                     role="aggregator" if name == "aggregator" else "node")
              for name in ["aggregator", *NODES]}
     cert, key = certs["aggregator"]
     config = write_toml(tmp_path / "aggregator.toml", {
@@ -73,7 +74,7 @@ def test_bad_key_file_is_named(tmp_path):
     garbage = tmp_path / "garbage.key"
     garbage.write_text("not a key")
     config = write_toml(tmp_path / "node.toml", {
-        "node": {"name": "node-1", "aggregator": "127.0.0.1:1", "run_dir": tmp_path / "run"},
+        "node": {"name": "node-1", "aggregator": "127.0.0.1:1", "state_dir": tmp_path / "state"},
         "tls": {"ca_cert": ca, "cert": cert, "key": garbage},
     })
     result = subprocess.run(cli("node", "--config", str(config)), capture_output=True, text=True, timeout=120)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_secagg_round import grid_vector, make_config
 
 from fedsa_secure.crypto import TrustAnchor, generate_keypair, pki
 from fedsa_secure.errors import AbortRound, IntegrityError, ProtocolError
@@ -19,8 +20,6 @@ from fedsa_secure.secagg.identity import Credentials
 from fedsa_secure.secagg.messages import ConsistencyCheckRequest, Roster, RoundConfig, UnmaskRequest
 from fedsa_secure.secagg.server import SecAggServer
 from fedsa_secure.secagg.stages import Stage
-
-from test_secagg_round import grid_vector, make_config
 
 NAMES = tuple(f"node{i:02d}" for i in range(5))
 

@@ -84,7 +84,7 @@ def test_each_client_agrees_k_times_for_sealing_and_k_for_masking(
         assert calls == [] and exchanges == 0
         server.receive_advertise(ads[name])
     roster = server.roster()
-    for name, client in clients.items():
+    for client in clients.values():
         shares, calls, exchanges = spy.during(lambda: client.share_keys(roster))
         peers = {share.recipient for share in shares.shares}
         assert len(peers) == k

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import TypeVar
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -85,19 +85,19 @@ def run_round(
         server.receive_advertise(clients[name].advertise())
     roster = server.roster()
     alive = [n for n in alive if drop_after.get(n) != AFTER_ADVERTISE]
-    for name, msg in _answers(alive, lambda n: clients[n].share_keys(roster)):
+    for _name, msg in _answers(alive, lambda n: clients[n].share_keys(roster)):
         server.receive_shares(msg)
     deliveries = server.deliveries()
     alive = [n for n in alive if drop_after.get(n) != AFTER_SHARE and n in deliveries]
-    for name, msg in _answers(alive, lambda n: clients[n].masked_input(deliveries[n], vectors[n])):
+    for _name, msg in _answers(alive, lambda n: clients[n].masked_input(deliveries[n], vectors[n])):
         server.receive_masked(msg)
     check = server.consistency_request()
     alive = [n for n in check.survivors if drop_after.get(n) != AFTER_MASKED]
-    for name, msg in _answers(alive, lambda n: clients[n].consistency_check(check)):
+    for _name, msg in _answers(alive, lambda n: clients[n].consistency_check(check)):
         server.receive_consistency(msg)
     request = server.unmask_request()
     alive = [n for n, _ in request.signatures if drop_after.get(n) != AFTER_CONSISTENCY]
-    for name, msg in _answers(alive, lambda n: clients[n].unmask(request)):
+    for _name, msg in _answers(alive, lambda n: clients[n].unmask(request)):
         server.receive_unmask(msg)
     return server.finish(), server
 

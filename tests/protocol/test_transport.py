@@ -39,7 +39,8 @@ class Pki:
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     root = tmp_path_factory.mktemp("pki")
     ca, ca_key = pki.create_ca(root / "ca")
-    server = TlsFiles(ca, *pki.issue_certificate(ca, ca_key, "aggregator", root / "agg", hosts=["127.0.0.1", "localhost"]))
+    server = TlsFiles(ca, *pki.issue_certificate(ca, ca_key, "aggregator", root / "agg", hosts=["127.0.0.1", "localhost"],
+                                                 role=pki.AGGREGATOR))
     nodes = {name: TlsFiles(ca, *pki.issue_certificate(ca, ca_key, name, root / name)) for name in NODES}
     outsider = TlsFiles(ca, *pki.issue_certificate(ca, ca_key, "mallory", root / "mallory"))
     rogue_ca, rogue_ca_key = pki.create_ca(root / "rogue-ca", name="rogue-ca")
@@ -103,7 +104,6 @@ def server_messages(rng: np.random.Generator) -> list[m.ServerMessage]:
                 "fc.bias": rng.standard_normal(10).astype(np.float32),
                 "bn.num_batches_tracked": np.array(5, dtype=np.int64),
             },
-            weight=0.5,
             secagg=config,
         ),
         sa.Roster(

@@ -11,7 +11,14 @@ from fedsa_secure.privacy import accounting, crosscheck
 from fedsa_secure.privacy.audit import run_audit
 from fedsa_secure.privacy.crosscheck import epsilon_by
 from fedsa_secure.privacy.ledger import (
-    GENESIS, Ledger, LedgerHead, entry_hash, head_path, read_entries, read_head, write_head,
+    GENESIS,
+    Ledger,
+    LedgerHead,
+    entry_hash,
+    head_path,
+    read_entries,
+    read_head,
+    write_head,
 )
 from fedsa_secure.privacy.report import build_report
 
@@ -37,22 +44,29 @@ def epsilon_after(rounds: int) -> float:
 
 @pytest.fixture
 def run(tmp_path):
-    """A run where node-1 trained in rounds 1 and 2, node-2 in round 2 only, node-3 never."""
+    """A run where node-1 trained its DP teacher and round 2, node-2 only its teacher, node-3 nothing.
+
+    Every charge is the demo's round mechanism, so node-1's history is two rounds' and node-2's one round's.
+    """
     run_dir = tmp_path / "run"
-    trained = {"node-1": [1, 2], "node-2": [2], "node-3": []}
-    for name, rounds in trained.items():
-        ledger = Ledger(run_dir / "ledgers" / f"{name}.jsonl") if rounds else None
-        for count, number in enumerate(rounds, start=1):
-            ledger.append({"node": name, "round": number, "noise_multiplier": SIGMA, "sample_rate": Q, "steps": STEPS,
-                           "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "prv", "epsilon": epsilon_after(count),
-                           "target_epsilon": 8.0, "secret_note": "do-not-copy"})
-    spent = {1: {"node-1": epsilon_after(1), "node-2": 0.0, "node-3": 0.0},
+    trained = {"node-1": [("teacher", 0), ("distillation", 2)], "node-2": [("teacher", 0)], "node-3": []}
+    heads = {}
+    for name, charges in trained.items():
+        ledger = Ledger(ledger_file(run_dir, name)) if charges else None
+        for count, (kind, number) in enumerate(charges, start=1):
+            ledger.append({"node": name, "kind": kind, "round": number, "noise_multiplier": SIGMA, "sample_rate": Q,
+                           "steps": STEPS, "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "prv",
+                           "epsilon": epsilon_after(count), "target_epsilon": 8.0, "secret_note": "do-not-copy",
+                           "record": {"shape": [1, 14, 14], "dtype": "float32", "labelled": True}, "records": 3000})
+        heads[name] = ledger.head if ledger else LedgerHead(0, GENESIS)
+    spent = {1: {"node-1": epsilon_after(1), "node-2": epsilon_after(1), "node-3": 0.0},
              2: {"node-1": epsilon_after(2), "node-2": epsilon_after(1), "node-3": 0.0}}
     summary = {
         "method": "fedsa", "student_accuracy": 0.8, "scratch_accuracy": 0.84, "rounds": 2, "probe_size": 50, "test_size": 359,
         "run_dir": str(run_dir), "seconds": 1.0,
-        "nodes": [{"name": n, "epsilon": spent[2][n], "delta": 1e-5, "target_epsilon": 8.0, "rounds_trained": len(r),
-                   "declines": 0} for n, r in trained.items()],
+        "nodes": [{"name": n, "epsilon": spent[2][n], "delta": 1e-5, "target_epsilon": 8.0,
+                   "rounds_trained": sum(kind == "distillation" for kind, _ in c), "declines": 0,
+                   "ledger_entries": heads[n].entries, "ledger_head": heads[n].head} for n, c in trained.items()],
         "history": [{"round": r, "cohort": ["node-1", "node-2"], "survivors": ["node-1", "node-2"],
                      "probabilities": {"node-1": 0.5, "node-2": 0.3, "node-3": 0.2}, "accuracy": 0.8, "seconds": 1.0,
                      "epsilon": spent[r], "aborted": None} for r in (1, 2)],
@@ -61,8 +75,12 @@ def run(tmp_path):
     return run_dir
 
 
+def ledger_file(run_dir, name):
+    return run_dir / "nodes" / name / "0123456789abcdef" / "ledger.jsonl"
+
+
 def node1(run_dir):
-    return run_dir / "ledgers" / "node-1.jsonl"
+    return ledger_file(run_dir, "node-1")
 
 
 def rewrite(path, entries):
@@ -81,23 +99,29 @@ def node_report(report, name="node-1"):
 def test_intact_run_passes_and_writes_both_reports(run, capsys):
     status, report = audit_json(run, capsys)
     assert status == 0 and report["verdict"] == {"ok": True, "problems": []}
-    assert report["schema"] == "fedsa-secure/privacy-report" and report["schema_version"] == 1
+    assert report["schema"] == "fedsa-secure/privacy-report" and report["schema_version"] == 2
     n1, n3 = node_report(report), node_report(report, "node-3")
-    assert n1["rounds_trained"] == 2 and n1["epsilon"] == pytest.approx(7.9983, abs=1e-3)
+    assert n1["rounds_trained"] == 1 and n1["epsilon"] == pytest.approx(7.9983, abs=1e-3)
+    assert n1["teacher"]["entries"] == [0] and n1["teacher"]["epsilon_alone"] == pytest.approx(epsilon_after(1))
+    assert n1["unit"] == "one record of its 3,000 records: a float32 array of shape 1x14x14 with its label"
+    assert report["headline"]["holds"] and report["headline"]["nodes"][0].startswith(
+        "node-1: epsilon 8.00 at delta 1e-05 for one record of its 3,000 records")
+    assert [i["severity"] for i in report["not_covered"]] == ["amber"] * 4
     assert n1["remaining_epsilon"] == pytest.approx(8.0 - n1["epsilon"])
     assert n1["crosscheck"]["ok"] and n1["crosscheck"]["figures"]["dp_accounting_pld"] == pytest.approx(7.9877, abs=1e-3)
     assert [d for d, _ in n1["epsilon_delta_curve"]["points"]] == [1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3]
     curve = [e for _, e in n1["epsilon_delta_curve"]["points"]]
     assert curve == sorted(curve, reverse=True) and curve[3] == pytest.approx(n1["epsilon"])
     assert n3["ledger"]["present"] is False and n3["ledger"]["ok"] and n3["epsilon"] == 0.0
-    assert {a["source"] for a in n1["ledger"]["anchors"]} == {"sidecar node-1.head.json", "summary.json rounds_trained"}
+    assert {a["source"] for a in n1["ledger"]["anchors"]} == {"sidecar ledger.head.json", "summary.json node status"}
     html = (run / "report.html").read_text()
     assert json.loads((run / "report.json").read_text())["nodes"] == report["nodes"]
     assert html.count("data:image/png;base64,") == 5 and not re.search(r"(src|href)=['\"]?(https?:|//)", html)
-    for heading in ("Unit of privacy", "Adjacency", "Threat model", "What is not covered", "Accountant cross-check",
-                    "Ledger verification", "epsilon(delta)"):
+    for heading in ("Unit of privacy", "Adjacency", "Threat model", "Every release, and what covers it",
+                    "Not covered, or resting on an assumption", "Accountant cross-check", "Ledger verification", "epsilon(delta)"):
         assert heading in html
-    assert "torchcsprng" in html and "teacher is treated as a fixed function" in html
+    assert "torchcsprng" in html and "post-processing of the DP teacher" in html
+    assert html.index("Every node&#x27;s releases are differentially private") < html.index("Ledger verification")
 
 
 def test_report_figures_are_pinned_and_the_rdp_is_computed_once(run, monkeypatch):
@@ -149,7 +173,7 @@ def test_cut_tail_is_caught_by_the_sidecar(run, capsys):
     rewrite(node1(run), read_entries(node1(run))[:1])
     status, report = audit_json(run, capsys)
     ledger = node_report(report)["ledger"]
-    assert status == 1 and ledger["first_bad"] == 1 and "truncated: sidecar node-1.head.json saw 2" in ledger["reason"]
+    assert status == 1 and ledger["first_bad"] == 1 and "truncated: sidecar ledger.head.json saw 2" in ledger["reason"]
 
 
 def test_cut_tail_without_sidecar_is_caught_by_the_summary(run, capsys):
@@ -157,11 +181,20 @@ def test_cut_tail_without_sidecar_is_caught_by_the_summary(run, capsys):
     head_path(node1(run)).unlink()
     status, report = audit_json(run, capsys)
     ledger = node_report(report)["ledger"]
-    assert status == 1 and ledger["first_bad"] == 1 and "summary.json rounds_trained saw 2" in ledger["reason"]
+    assert status == 1 and ledger["first_bad"] == 1 and "summary.json node status saw 2" in ledger["reason"]
+
+
+def forget_node_status_heads(run_dir):
+    """A summary whose aggregator kept no ledger head of the nodes' last status (only counts and epsilons)."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for node in summary["nodes"]:
+        del node["ledger_head"], node["ledger_entries"]
+    (run_dir / "summary.json").write_text(json.dumps(summary))
 
 
 def test_recomputed_chain_is_caught_by_the_aggregators_epsilon(run, capsys):
     """A forger who lowers an epsilon, recomputes every hash and rewrites the head file still contradicts the summary."""
+    forget_node_status_heads(run)
     entries = read_entries(node1(run))
     entries[1]["epsilon"] = 6.5
     previous = GENESIS
@@ -182,6 +215,7 @@ def test_recomputed_chain_is_caught_by_the_aggregators_epsilon(run, capsys):
 
 def test_summary_ledger_heads_name_the_rewritten_entry(run, capsys):
     """When the aggregator records each round's ledger head (node status), a recomputed chain is pinned to an entry."""
+    forget_node_status_heads(run)
     entries = read_entries(node1(run))
     summary = json.loads((run / "summary.json").read_text())
     for i, record in enumerate(summary["history"]):
@@ -206,7 +240,7 @@ def test_one_ledger_file_is_audited_against_its_run(run, capsys, tmp_path):
 
 def test_budget_overrun_fails(run, capsys):
     ledger = Ledger(node1(run))
-    ledger.append({"node": "node-1", "round": 3, "noise_multiplier": SIGMA, "sample_rate": Q, "steps": STEPS,
+    ledger.append({"node": "node-1", "kind": "distillation", "round": 3, "noise_multiplier": SIGMA, "sample_rate": Q, "steps": STEPS,
                    "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "prv", "epsilon": epsilon_after(3), "target_epsilon": 8.0})
     status, report = audit_json(run, capsys)
     assert status == 1 and any("round 3" in p and "> budget 8.0" in p for p in report["verdict"]["problems"])
@@ -219,3 +253,36 @@ def test_text_output_and_missing_path(run, capsys, tmp_path):
     assert "node-1: ledger ok (2 entries" in text and "verdict: OK" in text and "dp_accounting_pld 7.98" in text
     with pytest.raises(LedgerError, match="no such ledger"):
         run_audit(tmp_path / "nothing.jsonl", json_output=False, empirical=False, out=None)
+
+
+def test_rounds_without_a_recorded_dp_teacher_are_reported_first_in_red(run, capsys):
+    """A ledger of rounds alone: its teacher saw the records without DP, so the printed epsilon bounds nothing."""
+    entries = read_entries(node1(run))
+    entries[0]["kind"] = "distillation"  # as if the teacher's training had never been charged
+    previous = GENESIS
+    for entry in entries:
+        entry["prev_hash"] = previous
+        entry["hash"] = previous = entry_hash(entry)
+    rewrite(node1(run), entries)
+    write_head(head_path(node1(run)), LedgerHead(2, entries[-1]["hash"]))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["nodes"][0]["ledger_head"] = entries[-1]["hash"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    status, report = audit_json(run, capsys)
+    red = [i["text"] for i in report["not_covered"] if i["severity"] == "red"]
+    assert status == 1 and not report["headline"]["holds"] and len(red) == 1 and red[0].startswith("node-1: its ledger records no DP")
+    assert report["not_covered"][0]["severity"] == "red" and "does NOT hold" in report["headline"]["text"]
+    assert run_audit(run, json_output=False, empirical=False, out=None) == 1
+    assert capsys.readouterr().out.splitlines()[0].startswith("The guarantee does NOT hold")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, None])
+def test_a_non_finite_or_negative_figure_is_a_problem_not_a_crash(run, capsys, value):
+    ledger = Ledger(node1(run))
+    ledger.append({"node": "node-1", "kind": "distillation", "round": 3, "noise_multiplier": SIGMA, "sample_rate": Q,
+                   "steps": STEPS, "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "prv", "epsilon": value,
+                   "target_epsilon": 8.0})
+    status, report = audit_json(run, capsys, out=run / "audit")
+    problems = node_report(report)["problems"]
+    assert status == 1 and any(f"entry 2 records epsilon = {value!r}," in p for p in problems), problems
+    assert (run / "audit" / "report.html").exists() and node_report(report)["epsilon"] is None

@@ -27,7 +27,7 @@ NODE = """
 [node]
 name = "node-1"
 aggregator = "127.0.0.1:5000"
-run_dir = "run"
+state_dir = "state"
 
 [tls]
 ca_cert = "/abs/ca.pem"
@@ -168,3 +168,23 @@ def test_node_local_epochs_default_to_two_and_are_range_checked(tmp_path):
     assert load_node_config(write(tmp_path, text)).privacy.local_epochs == 1
     with pytest.raises(ConfigError, match="privacy.local_epochs"):
         load_node_config(write(tmp_path, NODE.replace("[privacy]", "[privacy]\nlocal_epochs = 0")))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_non_finite_numbers_are_refused_with_the_key_named(tmp_path, value):
+    with pytest.raises(ConfigError, match=rf"'privacy.target_epsilon' is {value}; it must be a finite number"):
+        load_node_config(write(tmp_path, NODE.replace("target_epsilon = 4", f"target_epsilon = {value}")))
+    text = AGGREGATOR.replace("[tls]", f"[secagg]\nclip = {value}\n\n[tls]")
+    with pytest.raises(ConfigError, match=r"'secagg.clip'.*finite number"):
+        load_aggregator_config(write(tmp_path, text))
+
+
+def test_a_node_defends_a_minimum_cohort_and_threshold_of_three_by_default(tmp_path):
+    config = load_node_config(write(tmp_path, NODE))
+    assert (config.node.min_participants, config.node.min_threshold) == (3, 3)
+    assert config.node.state_dir == tmp_path / "state" and config.privacy.teacher_share == 0.5
+    for key in ("min_participants", "min_threshold"):
+        with pytest.raises(ConfigError, match=rf"'node.{key}' is 2; allowed range: 3 to"):
+            load_node_config(write(tmp_path, NODE.replace('state_dir = "state"', f'state_dir = "state"\n{key} = 2')))
+    with pytest.raises(ConfigError, match=r"'privacy.teacher_share' is 1.0; allowed range: 0.05 to 0.95"):
+        load_node_config(write(tmp_path, NODE + "teacher_share = 1.0\n"))

@@ -20,9 +20,12 @@ DEMO_SIGMA, DEMO_Q = 0.86181640625, 1 / 6  # what the demo's nodes calibrate to 
 # order grids) agree to 0.2%, and RDP, a looser bound, is above both. The demo's 7.99829650167516
 # is also the epsilon its ledgers recorded for two rounds (/tmp/demo2, summary.json).
 PINNED = [
-    ([(1.0, 0.01, 1000)], {"opacus_prv": 1.83837, "opacus_rdp": 2.10137, "dp_accounting_pld": 1.82824, "dp_accounting_rdp": 2.10137}),
-    ([(DEMO_SIGMA, DEMO_Q, 24)], {"opacus_prv": 7.99830, "opacus_rdp": 9.11464, "dp_accounting_pld": 7.98773, "dp_accounting_rdp": 9.12990}),
-    ([(1.1, 0.05, 100), (2.0, 0.05, 50)], {"opacus_prv": 2.99876, "opacus_rdp": 3.41301, "dp_accounting_pld": 2.98854, "dp_accounting_rdp": 3.41311}),
+    ([(1.0, 0.01, 1000)],
+     {"opacus_prv": 1.83837, "opacus_rdp": 2.10137, "dp_accounting_pld": 1.82824, "dp_accounting_rdp": 2.10137}),
+    ([(DEMO_SIGMA, DEMO_Q, 24)],
+     {"opacus_prv": 7.99830, "opacus_rdp": 9.11464, "dp_accounting_pld": 7.98773, "dp_accounting_rdp": 9.12990}),
+    ([(1.1, 0.05, 100), (2.0, 0.05, 50)],
+     {"opacus_prv": 2.99876, "opacus_rdp": 3.41301, "dp_accounting_pld": 2.98854, "dp_accounting_rdp": 3.41311}),
 ]
 
 
@@ -60,7 +63,8 @@ def demo_ledger(tmp_path, rounds=2, sigma=DEMO_SIGMA):
     ledger = Ledger(tmp_path / "node-1.jsonl")
     for r in range(1, rounds + 1):
         eps = epsilon_by("opacus_prv", [(sigma, DEMO_Q, 12 * r)], 1e-5)
-        ledger.append({"round": r, "noise_multiplier": sigma, "sample_rate": DEMO_Q, "steps": 12, "max_grad_norm": 1.0,
+        ledger.append({"kind": "distillation", "round": r, "noise_multiplier": sigma, "sample_rate": DEMO_Q, "steps": 12,
+                       "max_grad_norm": 1.0,
                        "delta": 1e-5, "accountant": "prv", "epsilon": eps})
     return read_entries(tmp_path / "node-1.jsonl")
 

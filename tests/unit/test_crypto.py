@@ -7,14 +7,15 @@ import hmac
 
 import numpy as np
 import pytest
-
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedsa_secure.crypto import (
-    KeystreamRows,
     LABEL_PAIRWISE_MASK,
     LABEL_SELF_MASK,
     LABEL_SHARE_SEALING,
+    SYSTEM,
+    FixedRandomness,
+    KeystreamRows,
     derive_key,
     generate_keypair,
     keystream_bytes,
@@ -24,8 +25,6 @@ from fedsa_secure.crypto import (
     seal,
     sha256,
     shared_secret,
-    SYSTEM,
-    FixedRandomness,
 )
 from fedsa_secure.errors import IntegrityError
 

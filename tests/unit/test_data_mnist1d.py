@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fedsa_secure.data.federations import federation
-from fedsa_secure.data.mnist1d import OTHER_RECORDS, SUBSET_RECORDS, hankel_images, load_mnist1d, _split
+from fedsa_secure.data.mnist1d import OTHER_RECORDS, SUBSET_RECORDS, _split, hankel_images, load_mnist1d
 from fedsa_secure.data.mnist5k import MNIST_NODES
 from fedsa_secure.errors import ConfigError
 

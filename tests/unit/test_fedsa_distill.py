@@ -52,9 +52,9 @@ def test_round_result_describes_the_mechanism_and_the_backbone_delta(teacher, sm
     d = DPDistiller(teacher, small_node, SETTINGS, seed=0, mechanism_seed=1)
     r = d.train_round(student_state)
     assert r.update.dtype == np.float32 and r.update.shape == flatten_state(student_state).shape
-    assert np.all(np.isfinite(r.update)) and np.linalg.norm(r.update) > 0 and np.isfinite(r.train_loss)
-    assert (r.noise_multiplier, r.sample_rate, r.steps) == (d.noise_multiplier, 0.25, 4)
-    assert (r.max_grad_norm, r.delta, r.accountant) == (1.0, 1e-5, "rdp")
+    assert np.all(np.isfinite(r.update)) and np.linalg.norm(r.update) > 0
+    assert (r.mechanism.noise_multiplier, r.mechanism.sample_rate, r.mechanism.steps) == (d.noise_multiplier, 0.25, 4)
+    assert (r.mechanism.max_grad_norm, r.mechanism.delta, r.mechanism.accountant) == (1.0, 1e-5, "rdp")
     same = DPDistiller(teacher, small_node, SETTINGS, seed=0, mechanism_seed=1).train_round(student_state)
     assert np.array_equal(same.update, r.update)  # reproducible only because the mechanism seed is fixed
     other = DPDistiller(teacher, small_node, SETTINGS, seed=0, mechanism_seed=2).train_round(student_state)
@@ -75,7 +75,7 @@ def test_a_single_record_node_survives_empty_poisson_batches(teacher, small_node
     tiny = NodeData("node-1", "digits-0-4", LabelledSet(small_node.train.x[:2], small_node.train.y[:2], 5))
     settings = DPSettings(planned_rounds=1, local_epochs=2, batch_size=1, accountant="rdp")
     r = DPDistiller(teacher, tiny, settings, seed=0, mechanism_seed=3).train_round(student_state)
-    assert np.all(np.isfinite(r.update)) and r.steps == 4
+    assert np.all(np.isfinite(r.update)) and r.mechanism.steps == 4
 
 
 def test_prv_calibration_matches_opacus_bisection_with_fewer_evaluations(monkeypatch):
@@ -117,9 +117,9 @@ def test_both_optimizers_train_and_sgd_moves_the_proxy_further(teacher, small_no
     settings = DPSettings(target_epsilon=8.0, planned_rounds=1, local_epochs=2, batch_size=30, accountant="rdp",
                           optimizer=optimizer, learning_rate=0.1 if optimizer == "sgd" else 1e-3)
     d = DPDistiller(teacher, small_node, settings, seed=0, mechanism_seed=1)
-    assert type(d._optimizer.original_optimizer).__name__ == {"sgd": "SGD", "adam": "Adam"}[optimizer]
+    assert type(d._dp._optimizer.original_optimizer).__name__ == {"sgd": "SGD", "adam": "Adam"}[optimizer]
     r = d.train_round(student_state)
-    assert np.all(np.isfinite(r.update)) and r.steps == 8
+    assert np.all(np.isfinite(r.update)) and r.mechanism.steps == 8
     # 8 steps of Adam move each coordinate by at most ~8 * lr; SGD with momentum moves it more.
     biggest = float(np.abs(r.update).max())
     assert biggest < 0.5 and (biggest > 0.01 if optimizer == "sgd" else biggest < 8 * 1e-3 + 1e-6)
@@ -170,7 +170,7 @@ def test_clipped_noise_free_step_matches_a_per_sample_loop(teacher, small_node, 
                           momentum=0.0, accountant="rdp", grad_sample_mode=mode)
     d = DPDistiller(teacher, node, settings, seed=0, mechanism_seed=1)
     assert d.sample_rate == 1.0 and d.steps_per_round == 1
-    d._optimizer.noise_multiplier = 0.0  # noise off for the comparison only
+    d._dp._optimizer.noise_multiplier = 0.0  # noise off for the comparison only
     update = d.train_round(student_state).update
     want = flatten_state(expected)
     assert np.linalg.norm(update - want) <= 1e-4 * np.linalg.norm(want)
@@ -182,18 +182,18 @@ def test_a_round_with_an_empty_poisson_batch_takes_a_noise_step_that_is_accounte
     tiny = NodeData("node-1", small_node.task, LabelledSet(small_node.train.x[:2], small_node.train.y[:2], 5))
     settings = DPSettings(planned_rounds=1, local_epochs=2, batch_size=1, accountant="rdp", grad_sample_mode=mode)
     d = DPDistiller(teacher, tiny, settings, seed=0, mechanism_seed=3)
-    sizes, grads, step = [], [], d._optimizer.step
+    sizes, grads, step = [], [], d._dp._optimizer.step
 
     def spy():
-        sizes.append(len(d._optimizer.params[0].grad_sample))
+        sizes.append(len(d._dp._optimizer.params[0].grad_sample))
         result = step()
-        grads.append(d._optimizer.params[0].grad.detach().clone())
+        grads.append(d._dp._optimizer.params[0].grad.detach().clone())
         return result
 
-    d._optimizer.step = spy
+    d._dp._optimizer.step = spy
     r = d.train_round(student_state)
     assert 0 in sizes and max(sizes) > 0  # seed 3 draws an empty batch and a non-empty one
-    assert len(sizes) == r.steps == d.steps_per_round == 4 and d.history == [(d.noise_multiplier, 0.5, 4)]
+    assert len(sizes) == r.mechanism.steps == d.steps_per_round == 4 and d.history == [(d.noise_multiplier, 0.5, 4)]
     empty = sizes.index(0)
     assert torch.count_nonzero(grads[empty]) == grads[empty].numel()  # the empty step's gradient is pure noise
-    assert np.all(np.isfinite(r.update)) and np.isfinite(r.train_loss)
+    assert np.all(np.isfinite(r.update))

@@ -45,13 +45,15 @@ def test_output_transferability_prefers_teachers_whose_logits_explain_the_labels
     rng = np.random.default_rng(9)
     blind = output_transferability(Oracle(4, False), "parity", LabelledSet(probe.x, rng.permutation(probe.y), 4))
     assert useful == pytest.approx(permuted, abs=1e-9)  # LogME is invariant to relabelling the teacher's classes
-    assert useful > blind + 0.1
+    assert useful > 3 and abs(blind) < 3  # deviations above what the same logits reach on shuffled labels
 
 
 def test_concentrated_probabilities_known_values_and_top_k():
     np.testing.assert_allclose(concentrated_probabilities([0.0, -0.01], temperature=0.01), [np.e / (np.e + 1), 1 / (np.e + 1)])
-    p = concentrated_probabilities([-0.14, -0.17, -0.25, -0.245, -0.245, -0.23])  # MNIST-5k seed 0 scores, rounded
-    assert p[0] > 0.99 and max(p[2], p[3], p[4]) < 1e-9
+    p = concentrated_probabilities([19.4, 14.1, 5.4, 0.1, 1.3, 3.3])  # MNIST-1D seed 0, DP teachers (z-scores)
+    assert p[0] > 0.99 and max(p[2], p[3], p[4]) < 1e-5
+    third = concentrated_probabilities([5.4, 0.1, 1.3, 3.3])  # the third cohort slot, once both digit teachers are in
+    assert third[0] > 0.85 and third[1] + third[2] < 0.03
     np.testing.assert_allclose(concentrated_probabilities([3.0, 1.0, 2.0], temperature=100.0, top_k=2)[1], 0.0)
     with pytest.raises(ValueError):
         concentrated_probabilities([1.0, 2.0], top_k=3)
@@ -83,7 +85,7 @@ def test_dp_output_distillation_releases_backbone_and_head(probe, feature_weight
     r = d.train_round(state)
     assert r.update.shape == flatten_state(state).shape and np.all(np.isfinite(r.update))
     head_delta = r.update[-(4 * 512 + 4):]  # sorted names: features.* then head.bias, head.weight
-    assert np.abs(head_delta).max() > 0 and 0 < r.epsilon <= 8.0 and r.steps == 3
+    assert np.abs(head_delta).max() > 0 and 0 < r.epsilon <= 8.0 and r.mechanism.steps == 3
 
 
 def test_plaintext_training_learns_the_mapped_labels(probe):

@@ -1,11 +1,20 @@
+"""The node's teacher: trained with DP-SGD, charged in the ledger before use, reused only as recorded."""
+
 import pytest
 import torch
 
 from fedsa_secure.data import NodeData, aggregator_data, node_data
+from fedsa_secure.errors import BudgetExhausted
 from fedsa_secure.fedsa import teacher as teacher_mod
 from fedsa_secure.fedsa.supervised import accuracy
+from fedsa_secure.fedsa.teacher import TeacherPrivacy, load_or_train_teacher, node_teacher, teacher_mechanism
+from fedsa_secure.models import state_digest
+from fedsa_secure.privacy.accounting import epsilon_of
+from fedsa_secure.privacy.state import PrivacyState
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed intra-op threads make training ~30x slower
+
+PRIVACY = TeacherPrivacy(epsilon=4.0, delta=1e-5, accountant="prv")
 
 
 @pytest.fixture(scope="module")
@@ -17,30 +26,82 @@ def _weights(model) -> list[torch.Tensor]:
     return [p.detach().clone() for p in model.state_dict().values()]
 
 
-def test_teacher_learns_its_task_is_frozen_and_is_cached(node, tmp_path, monkeypatch):
+def _same(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(_weights(a), _weights(b)))
+
+
+def test_the_mechanism_spends_the_teachers_share_alone(node):
+    m = teacher_mechanism(len(node.train), PRIVACY)
+    assert (m.sample_rate, m.steps, m.max_grad_norm) == (0.5, 40, 1.0)  # 358 records, batches of 256, 20 epochs
+    assert 4.0 - 0.01 <= epsilon_of([(m.noise_multiplier, m.sample_rate, m.steps)], 1e-5, "prv") <= 4.0
+
+
+def test_dp_teacher_learns_its_task_is_frozen_and_is_cached_with_its_mechanism(node, tmp_path, monkeypatch):
     cache = tmp_path / "t" / "node-1.pt"
-    model = teacher_mod.load_or_train_teacher(node, cache, seed=1)
+    trained = load_or_train_teacher(node, cache, seed=1, privacy=PRIVACY, mechanism_seed=0)
     _, test = aggregator_data(0)
     unseen = test.y < 5
-    assert accuracy(model, test.x[unseen], test.y[unseen]) > 0.95  # learned digits 0-4, not memorised
-    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert accuracy(trained.model, test.x[unseen], test.y[unseen]) > 0.9  # learned digits 0-4 under DP
+    assert not trained.model.training and not any(p.requires_grad for p in trained.model.parameters())
+    assert trained.mechanism == teacher_mechanism(len(node.train), PRIVACY)
     assert cache.exists() and list(cache.parent.iterdir()) == [cache]  # no temp file left behind
 
     def must_not_train(*_args, **_kwargs):
         raise AssertionError("should have loaded the cache")
 
-    monkeypatch.setattr(teacher_mod, "train_teacher", must_not_train)
-    loaded = teacher_mod.load_or_train_teacher(node, cache, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(_weights(model), _weights(loaded)))
+    monkeypatch.setattr(teacher_mod, "train_dp_teacher", must_not_train)
+    loaded = load_or_train_teacher(node, cache, seed=1, privacy=PRIVACY, mechanism_seed=0)
+    assert _same(trained.model, loaded.model) and loaded.mechanism == trained.mechanism
 
 
-def test_corrupt_or_mismatched_cache_retrains(node, tmp_path):
+def test_a_cache_of_other_privacy_or_a_corrupt_one_retrains(node, tmp_path):
     cache = tmp_path / "node-1.pt"
     cache.write_bytes(b"not a torch file")
-    model = teacher_mod.load_or_train_teacher(node, cache, seed=1)
-    assert accuracy(model, node.train.x, node.train.y) > 0.9
-    reloaded = teacher_mod.load_or_train_teacher(node, cache, seed=1)
-    assert all(torch.equal(a, b) for a, b in zip(_weights(model), _weights(reloaded)))
-    other_seed = teacher_mod.load_or_train_teacher(node, cache, seed=2)
-    assert not all(torch.equal(a, b) for a, b in zip(_weights(model), _weights(other_seed)))
-    assert torch.load(cache, weights_only=True)["seed"] == 2
+    plain = load_or_train_teacher(node, cache, seed=1)
+    assert plain.mechanism is None and accuracy(plain.model, node.train.x, node.train.y) > 0.9
+    dp = load_or_train_teacher(node, cache, seed=1, privacy=PRIVACY, mechanism_seed=0)
+    assert dp.mechanism is not None and not _same(plain.model, dp.model)
+    assert torch.load(cache, weights_only=True)["privacy"] == [4.0, 1e-5, "prv", 0]
+
+
+def test_a_node_charges_its_teacher_before_saving_it_and_reuses_it_after_a_restart(node, tmp_path, monkeypatch):
+    state = PrivacyState.open(tmp_path, "node-1", node.train)
+    model = node_teacher(state, node, PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
+    (entry,) = state.ledger.entries
+    assert entry["kind"] == "teacher" and entry["round"] == 0 and 3.99 <= entry["epsilon"] <= 4.0
+    assert entry["teacher_sha256"] == state_digest(model.state_dict()).hex()
+    assert entry["record"] == {"shape": [1, 8, 8], "dtype": "float32", "labelled": True} and entry["records"] == 358
+
+    monkeypatch.setattr(teacher_mod, "train_dp_teacher", lambda *a, **k: pytest.fail("retrained a recorded teacher"))
+    restarted = PrivacyState.open(tmp_path, "node-1", node.train)
+    assert _same(node_teacher(restarted, node, PRIVACY, 8.0, seed=1), model) and len(restarted.ledger) == 1
+
+
+def test_a_teacher_file_that_differs_from_the_ledger_is_retrained_and_charged_again(node, tmp_path):
+    state = PrivacyState.open(tmp_path, "node-1", node.train)
+    node_teacher(state, node, PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
+    weights = torch.load(state.teacher_file, weights_only=True)
+    weights["head.bias"] += 1.0  # a restored backup, a hand edit: not the teacher the ledger charged
+    torch.save(weights, state.teacher_file)
+    node_teacher(state, node, PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=1)
+    first, second = state.ledger.entries
+    assert second["kind"] == "teacher" and second["epsilon"] > first["epsilon"]  # the two trainings compose
+    assert second["teacher_sha256"] == state_digest(torch.load(state.teacher_file, weights_only=True)).hex()
+    with pytest.raises(BudgetExhausted, match="would exceed the budget 8"):
+        state.teacher_file.unlink()
+        node_teacher(state, node, TeacherPrivacy(6.0, 1e-5, "prv"), target_epsilon=8.0, seed=1)
+    assert len(state.ledger) == 2  # refused before anything was trained or charged
+
+
+def test_a_lost_ledger_next_to_its_teacher_stops_the_node(node, tmp_path):
+    from fedsa_secure.errors import LedgerError
+    from fedsa_secure.privacy.ledger import head_path
+
+    state = PrivacyState.open(tmp_path, "node-1", node.train)
+    node_teacher(state, node, PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
+    state.ledger.path.unlink()
+    with pytest.raises(LedgerError, match="truncated"):  # its head file still witnesses one entry
+        PrivacyState.open(tmp_path, "node-1", node.train)
+    head_path(state.ledger.path).unlink()
+    with pytest.raises(LedgerError, match="holds a DP teacher but its ledger .* is missing"):
+        PrivacyState.open(tmp_path, "node-1", node.train)

@@ -6,13 +6,22 @@ import pytest
 
 from fedsa_secure.errors import LedgerError
 from fedsa_secure.privacy.ledger import (
-    GENESIS, Ledger, LedgerHead, entry_hash, head_path, read_entries, read_head, verify_entries, verify_file, write_head,
+    GENESIS,
+    Ledger,
+    LedgerHead,
+    entry_hash,
+    head_path,
+    read_entries,
+    read_head,
+    verify_entries,
+    verify_file,
+    write_head,
 )
 
 
 def charge(round_number: int, epsilon: float) -> dict:
     return {
-        "round": round_number, "noise_multiplier": 1.1, "sample_rate": 0.1, "steps": 10,
+        "kind": "distillation", "round": round_number, "noise_multiplier": 1.1, "sample_rate": 0.1, "steps": 10,
         "max_grad_norm": 1.0, "delta": 1e-5, "accountant": "prv", "epsilon": epsilon,
     }
 
@@ -58,7 +67,7 @@ def test_broken_ledger_is_not_extended(ledger_path):
     entries = read_entries(ledger_path)
     entries[0]["steps"] = 1
     rewrite(ledger_path, entries)
-    with pytest.raises(LedgerError, match="refusing to append"):
+    with pytest.raises(LedgerError, match="refusing to use a broken ledger"):
         Ledger(ledger_path)
 
 
@@ -67,6 +76,41 @@ def test_torn_line_is_reported(ledger_path):
         handle.write('{"seq": 3, "rou')
     with pytest.raises(LedgerError, match="entry 3 is not valid JSON"):
         read_entries(ledger_path)
+
+
+def test_a_line_a_crash_cut_short_is_rolled_back_on_opening(ledger_path):
+    """The charge is written before the update leaves: a line without its newline was never followed by a release."""
+    with open(ledger_path, "a") as handle:
+        handle.write('{"seq": 3, "rou')
+    reopened = Ledger(ledger_path)
+    assert reopened.rolled_back and len(reopened) == 3 and verify_file(ledger_path)[1].ok
+    reopened.append(charge(5, 3.0))
+    assert verify_file(ledger_path)[1].ok and len(read_entries(ledger_path)) == 4
+
+
+def test_an_edited_last_line_is_not_rolled_back(ledger_path):
+    """A whole last line (newline and all) that does not parse is an edit, not a torn append: refused."""
+    with open(ledger_path, "a") as handle:
+        handle.write('{"seq": 3, "edited": \n')
+    with pytest.raises(LedgerError, match="entry 3 is not valid JSON"):
+        Ledger(ledger_path)
+
+
+def test_an_append_that_fails_is_rolled_back_and_the_next_one_succeeds(ledger_path, monkeypatch):
+    ledger = Ledger(ledger_path)
+    size = ledger_path.stat().st_size
+    real_fsync = __import__("os").fsync
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("fedsa_secure.privacy.ledger.os.fsync", full_disk)
+    with pytest.raises(LedgerError, match="No space left on device.*rolled back to 3 entries"):
+        ledger.append(charge(5, 3.0))
+    assert ledger_path.stat().st_size == size and len(ledger) == 3 and verify_file(ledger_path)[1].ok
+    monkeypatch.setattr("fedsa_secure.privacy.ledger.os.fsync", real_fsync)
+    ledger.append(charge(5, 3.0))
+    assert len(Ledger(ledger_path)) == 4
 
 
 def test_charge_without_required_fields_is_refused(tmp_path):
@@ -88,7 +132,7 @@ def test_cut_tail_is_detected_by_the_sidecar_anchor(ledger_path):
     assert verify_entries(read_entries(ledger_path)).ok  # the chain alone cannot see it
     _, check = verify_file(ledger_path, [read_head(head_path(ledger_path))])
     assert not check.ok and check.first_bad == 2 and "truncated" in check.reason
-    with pytest.raises(LedgerError, match="truncated.*refusing to append"):
+    with pytest.raises(LedgerError, match="truncated.*refusing to use a broken ledger"):
         Ledger(ledger_path)
 
 

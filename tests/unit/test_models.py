@@ -21,7 +21,7 @@ def test_shapes_of_student_teacher_and_translator():
     x = torch.rand(3, 1, 8, 8)
     s, t = make_student(10, seed=0), make_teacher(5, seed=0)
     assert s.features(x).shape == (3, 32, 4, 4) and s(x).shape == (3, 10)
-    assert t.features(x).shape == (3, 64, 4, 4) and t(x).shape == (3, 5)
+    assert t.features(x).shape == (3, 32, 4, 4) and t(x).shape == (3, 5)
     assert torch.equal(s(x), s.classify(s.features(x)))
     phi = Translator(32, 64)
     assert phi(s.features(x)).shape == (3, 64, 4, 4)

@@ -40,7 +40,7 @@ def test_issued_certificate_verifies_and_names_the_node(ca: tuple[Path, Path], t
     assert san.get_values_for_type(x509.DNSName) == ["node-1", "agg.example.org"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
     eku = parsed.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
+    assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]  # a node: TLS client only (the aggregator: server only)
     assert parsed.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
 
 
@@ -185,3 +185,35 @@ def test_tls_files_load_names_the_bad_file(
         TlsFiles(other_ca[0], cert, key).load()
     with pytest.raises(KeyMaterialError, match="does not match"):
         TlsFiles(ca[0], cert, other_ca[1]).load()
+
+
+def test_roles_give_one_usage_each_and_only_node_certificates_sign_for_secure_sums(tmp_path):
+    from cryptography import x509
+
+    from fedsa_secure.crypto import Signer, TrustAnchor
+    from fedsa_secure.errors import IntegrityError, KeyMaterialError
+
+    ca_cert, ca_key = pki.create_ca(tmp_path / "ca")
+    node_cert, node_key = pki.issue_certificate(ca_cert, ca_key, "node-1", tmp_path / "n")
+    agg_cert, agg_key = pki.issue_certificate(ca_cert, ca_key, "aggregator", tmp_path / "a", role=pki.AGGREGATOR)
+    roles = {p: pki.role_of(x509.load_pem_x509_certificate(p.read_bytes())) for p in (node_cert, agg_cert)}
+    assert roles == {node_cert: "node", agg_cert: "aggregator"}
+    anchor = TrustAnchor(ca_cert.read_bytes())
+    anchor.verify(node_cert.read_bytes(), "node-1", b"keys", Signer(node_key.read_bytes()).sign(b"keys"))
+    with pytest.raises(IntegrityError, match="is not a node's"):
+        anchor.verify(agg_cert.read_bytes(), "aggregator", b"keys", Signer(agg_key.read_bytes()).sign(b"keys"))
+    with pytest.raises(KeyMaterialError, match="role must be one of node, aggregator"):
+        pki.issue_certificate(ca_cert, ca_key, "node-2", tmp_path / "x", role="admin")
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o606])
+def test_a_private_key_readable_by_others_is_refused_with_the_fix(tmp_path, mode):
+    from fedsa_secure.errors import KeyMaterialError
+    from fedsa_secure.transport.tls import TlsFiles
+
+    ca_cert, ca_key = pki.create_ca(tmp_path / "ca")
+    cert, key = pki.issue_certificate(ca_cert, ca_key, "node-1", tmp_path / "n")
+    assert TlsFiles(ca_cert, cert, key).load()[2] == key.read_bytes()  # issued 0600: accepted
+    key.chmod(mode)
+    with pytest.raises(KeyMaterialError, match=rf"{key} holds a secret but is readable by group or others .*chmod 600 {key}"):
+        TlsFiles(ca_cert, cert, key).load()

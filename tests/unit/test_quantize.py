@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedsa_secure.crypto import SYSTEM, KeystreamReader, keystream_words
 from fedsa_secure.errors import ProtocolError
 from fedsa_secure.secagg.messages import QuantizationSpec, RoundConfig
 from fedsa_secure.secagg.quantize import (
-    check_capacity,
-    dequantize_sum,
     BLOCK,
     Quantizer,
+    check_capacity,
+    dequantize_sum,
     quantization_step,
     required_modulus_bits,
 )
-from fedsa_secure.crypto import SYSTEM, KeystreamReader, keystream_words
 
 
 def quantize(x: np.ndarray, spec: QuantizationSpec) -> np.ndarray:

@@ -43,6 +43,7 @@ def round_config() -> sa.RoundConfig:
         quantization=sa.QuantizationSpec(clip=0.75, level_bits=16),
         modulus_bits=32,
         nonce=bytes(range(32)),
+        context=bytes(range(100, 132)),
     )
 
 
@@ -71,7 +72,6 @@ SERVER_MESSAGES: list[m.ServerMessage] = [
             "bn.num_batches_tracked": np.array(17, dtype=np.int64),
             "empty": np.zeros((0, 4), dtype=np.float32),
         },
-        weight=0.3125,
         secagg=round_config(),
     ),
     sa.Roster(
@@ -93,6 +93,9 @@ SERVER_MESSAGES: list[m.ServerMessage] = [
 CLIENT_MESSAGES: list[m.ClientMessage] = [
     m.SelectReply(round=1, transferability=0.123456789012345),
     m.Decline(round=4, reason="privacy budget exhausted: epsilon 8.1 > 8.0"),
+    m.Abort(round=5, reason="round 5 refused: 2 participants; node-1 takes part only in secure sums of at least 3"),
+    m.Join(status=m.PrivacyStatus(round=0, epsilon=4.0, delta=1e-5, target_epsilon=8.0, rounds_trained=0,
+                                  fits_next_round=True, ledger_entries=1, ledger_head="ab" * 32)),
     m.PrivacyStatus(round=4, epsilon=7.9, delta=1e-5, target_epsilon=8.0, rounds_trained=3, fits_next_round=False,
                     ledger_entries=3, ledger_head="0f" * 32),
     sa.AdvertiseKeys(sender="node-1", channel_public_key=bytes(32), mask_public_key=b"\xff" * 32),

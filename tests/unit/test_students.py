@@ -10,7 +10,17 @@ from fedsa_secure.data import LabelledSet, NodeData, aggregator_data, node_data
 from fedsa_secure.fedsa.distill import DPDistiller, DPSettings, FeatureObjective
 from fedsa_secure.fedsa.output_kd import OutputKDSettings, OutputObjective, fit_output_map
 from fedsa_secure.fedsa.saliency import gradcam_maps
-from fedsa_secure.models import STUDENT_ARCHS, MLP, ConvNet, ResNet, Translator, backbone_state, flatten_state, make_student, make_teacher
+from fedsa_secure.models import (
+    MLP,
+    STUDENT_ARCHS,
+    ConvNet,
+    ResNet,
+    Translator,
+    backbone_state,
+    flatten_state,
+    make_student,
+    make_teacher,
+)
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed intra-op threads make training ~30x slower
 
@@ -103,7 +113,7 @@ def test_dp_step_for_every_architecture_and_objective(arch, side, objective):
         obj = OutputObjective(teacher, node, fit_output_map(teacher, node.task, probe), 0, OutputKDSettings(feature_weight=1.0), arch=arch)
         parts = ("features", "head")
         translated = obj.module(torch.from_numpy(node.train.x[:2]))[1]
-    assert translated.shape == (2, 64, side // 2, side // 2)  # the teacher's maps
+    assert translated.shape == (2, 32, side // 2, side // 2)  # the teacher's maps
     settings = DPSettings(planned_rounds=1, local_epochs=1, batch_size=20, accountant="rdp")
     assert settings.grad_sample_mode == "ew"
     d = DPDistiller(teacher, node, settings, seed=0, mechanism_seed=1, objective=obj)
@@ -111,7 +121,7 @@ def test_dp_step_for_every_architecture_and_objective(arch, side, objective):
     r = d.train_round(state)
     head = sum(p.numel() for p in make_student(10, seed=0, arch=arch).head.parameters())
     assert r.update.shape == flatten_state(state).shape == (EXPECTED[arch][2] + (head if objective == "outputs" else 0),)
-    assert np.all(np.isfinite(r.update)) and np.abs(r.update).max() > 0 and r.steps == 3 and 0 < r.epsilon <= 8.0
+    assert np.all(np.isfinite(r.update)) and np.abs(r.update).max() > 0 and r.mechanism.steps == 3 and 0 < r.epsilon <= 8.0
 
 
 @pytest.mark.parametrize("arch", ARCHS)
