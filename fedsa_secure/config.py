@@ -68,7 +68,9 @@ class FederationSection:
     cohort_size: int = field(default=3, metadata=_range(1, 10_000))
     min_cohort: int = field(default=3, metadata=_range(3, 10_000))
     select_every: int = field(default=1, metadata=_range(1, 10_000))
-    adapt_every: int = field(default=1, metadata=_range(1, 10_000))
+    # Adapt and evaluate the student every N rounds and after the last (fedsa: before every selection too);
+    # the progress line of the rounds in between shows no accuracy. Adaptation costs as much as a round.
+    adapt_every: int = field(default=5, metadata=_range(1, 10_000))
     average_rounds: int = field(default=5, metadata=_range(1, 10_000))  # adapt the mean student of the last N rounds
     probe_per_class: int = field(default=5, metadata=_range(1, 100))  # digits only
     probe_budget: float | None = field(default=None, metadata=_range(0.0025, 0.10))  # mnist5k*; None: 0.01

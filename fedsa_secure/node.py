@@ -19,23 +19,26 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedsa_secure import messages as msg
 from fedsa_secure.checks import check_labels, check_maps, check_records, check_state
-from fedsa_secure.config import NodeConfig
+from fedsa_secure.config import NodeConfig, NodeSection, PrivacySection
 from fedsa_secure.crypto import SYSTEM, Randomness
 from fedsa_secure.data import LabelledSet, NodeData, federation, task_input
 from fedsa_secure.errors import ConfigError, FedsaError, LedgerError, ProtocolError
 from fedsa_secure.fedsa.distill import DistillationPlan, DPDistiller, DPSettings, FeatureObjective, Objective
-from fedsa_secure.fedsa.output_kd import OutputObjective, fit_output_map
+from fedsa_secure.fedsa.nonprivate import PlainTrainer
+from fedsa_secure.fedsa.output_kd import OutputKDSettings, OutputObjective, fit_output_map
 from fedsa_secure.fedsa.saliency import gradcam_maps, transferability
 from fedsa_secure.fedsa.select_plus import output_transferability
-from fedsa_secure.fedsa.teacher import TeacherPrivacy, node_teacher
-from fedsa_secure.models import backbone_state, make_teacher, state_digest
+from fedsa_secure.fedsa.teacher import NonPrivateTeacher, TeacherPrivacy, TeacherSource, TrainTeacher, node_teacher
+from fedsa_secure.models import ConvNet, backbone_state, make_teacher, state_digest
 from fedsa_secure.privacy.accounting import fits_budget
 from fedsa_secure.privacy.state import PrivacyState
 from fedsa_secure.secagg import messages as sa
@@ -49,62 +52,112 @@ log = logging.getLogger("fedsa_secure.node")
 SECAGG_STAGES = (sa.Roster, sa.ShareDelivery, sa.ConsistencyCheckRequest, sa.UnmaskRequest)
 
 
-class Node:
-    """Serves the aggregator's requests until it says the run is over.
+@dataclass(frozen=True)
+class Defence:
+    """The smallest secure sum a node takes part in, whatever the aggregator asks (config: node.min_*)."""
 
-    `data` replaces the configured dataset's shard; `mechanism_seed` makes the DP noise
-    reproducible and `randomness` the secure-aggregation keys: both for tests only.
+    min_participants: int = 3
+    min_threshold: int = 3
+
+
+class Node:
+    """A node's answers to the aggregator's requests, transport-free: `respond` maps one request to its replies.
+
+    `Node.from_config` builds a deployed node (its records, its TLS identity, its state_dir); the
+    constructor builds one from parts, for in-process federations. `dp=False` (experiments' plaintext
+    arm only, never reachable from a config) trains without DP and keeps no ledger: nothing such a
+    node releases is private. `mechanism_seed` makes the DP noise reproducible and `randomness` the
+    secure-aggregation keys: both for tests and simulations only.
     """
 
     def __init__(
-        self, config: NodeConfig, *, data: NodeData | None = None, mechanism_seed: int | None = None,
+        self,
+        name: str,
+        data: NodeData,
+        settings: DPSettings,
+        *,
+        seed: int = 0,
+        state_dir: Path | None = None,
+        teacher: TeacherSource | ConvNet | None = None,
+        teacher_share: float = PrivacySection.teacher_share,
+        accept_non_private_teacher: bool = False,
+        credentials: Credentials | None = None,
+        defence: Defence = Defence(),
+        dp: bool = True,
+        arch: str = "cnn",
+        kd: OutputKDSettings | None = None,
+        mechanism_seed: int | None = None,
         randomness: Randomness = SYSTEM,
+        dump_dir: Path | None = None,
     ) -> None:
-        self.config = config
-        self.name = config.node.name
-        self.tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
-        self.tls.load()  # fail on a bad key file now, not after training the teacher
-        if (certified := self.tls.common_name()) != self.name:
-            raise ConfigError(
-                f"node.name is {self.name!r} but this node's certificate ({config.tls.cert}) is issued to {certified!r}: "
-                "set node.name to the certificate's name, or use the certificate issued to this node"
-            )
-        self.data = data or federation(config.data.dataset).node(self.name, config.data.seed)
-        self.state = PrivacyState.open(config.node.state_dir, self.name, self.data.train)
-        self._log_state()
-        privacy = config.privacy
-        started = time.perf_counter()
-        self.teacher = node_teacher(
-            self.state, self.data, TeacherPrivacy(privacy.teacher_share * privacy.target_epsilon, privacy.delta, privacy.accountant),
-            privacy.target_epsilon, config.data.seed, mechanism_seed=mechanism_seed,
-        )
-        log.info("%s: DP teacher for task %s ready in %.1fs; epsilon %.4f of %g spent", self.name, self.data.task,
-                 time.perf_counter() - started, self.state.epsilon(), privacy.target_epsilon)
-        self.settings = DPSettings(
-            target_epsilon=privacy.target_epsilon,
-            delta=privacy.delta,
-            planned_rounds=privacy.planned_rounds,
-            local_epochs=privacy.local_epochs,
-            accountant=privacy.accountant,
-        )
-        self.plan = DistillationPlan.make(len(self.data.train), self.settings, self.state.teacher_history())
-        self._mechanism_seed = None if mechanism_seed is None else mechanism_seed + 2
+        self.name, self.data, self.settings, self.seed = name, data, settings, seed
+        self.dp, self.arch, self.kd, self.defence = dp, arch, kd, defence
+        self._credentials = credentials
         self._randomness = randomness
+        self._mechanism_seed = None if mechanism_seed is None else mechanism_seed + 2
+        started = time.perf_counter()
+        teacher = TrainTeacher() if teacher is None else teacher
+        if dp:
+            if state_dir is None or isinstance(teacher, nn.Module):
+                raise ConfigError(f"{name}: a DP node needs a state_dir and a teacher with a declared provenance")
+            if isinstance(teacher, NonPrivateTeacher) and not accept_non_private_teacher:
+                raise ConfigError(
+                    f"{name}: its teacher is declared trained on its records without DP, which leaves those records "
+                    "unprotected; accept that explicitly (accept_non_private_teacher=True) or train the teacher with DP"
+                )
+            self.state: PrivacyState | None = PrivacyState.open(state_dir, name, data.train)
+            self._log_state(state_dir)
+            privacy = TeacherPrivacy(teacher_share * settings.target_epsilon, settings.delta, settings.accountant)
+            self.teacher = node_teacher(self.state, data, teacher, privacy, settings.target_epsilon, seed,
+                                        mechanism_seed=mechanism_seed)
+            self.plan: DistillationPlan | None = DistillationPlan.make(len(data.train), settings, self.state.teacher_history())
+            log.info("%s: DP teacher for task %s ready in %.1fs; epsilon %.4f of %g spent", name, data.task,
+                     time.perf_counter() - started, self.state.epsilon(), settings.target_epsilon)
+        else:
+            if not isinstance(teacher, nn.Module):
+                raise ConfigError(f"{name}: a node without DP is given its (non-private) teacher")
+            self.state, self.teacher, self.plan = None, teacher, None
+            log.info("%s: NO DP: nothing this node releases is private (experiments' plaintext arm only)", name)
         self.method: str | None = None  # fixed by the first selection request
-        self.distiller: DPDistiller | None = None
+        self.distiller: DPDistiller | PlainTrainer | None = None
         self.released: tuple[str, ...] = ()
         self._expected_state: dict[str, tuple[int, ...]] = {}  # names and shapes of the parameters it trains
         self._score: float | None = None  # fedsa+: LogME does not depend on the student; computed once
         self._selected_round = 0  # the last round whose selection request this node answered
-        self.dump_dir = config.testing.dump_dir
-        if self.dump_dir is not None:
-            log.warning("%s: TEST MODE: plaintext updates are written to %s", self.name, self.dump_dir)
+        self.dump_dir = dump_dir
+        if dump_dir is not None:
+            log.warning("%s: TEST MODE: plaintext updates are written to %s", name, dump_dir)
         self._secagg: SecAggClient | None = None
         self._update: np.ndarray | None = None
         self._round = 0
 
-    def _log_state(self) -> None:
+    @classmethod
+    def from_config(
+        cls, config: NodeConfig, *, data: NodeData | None = None, mechanism_seed: int | None = None,
+        randomness: Randomness = SYSTEM,
+    ) -> Node:
+        """A deployed node: its TLS identity checked first (name = certificate), then its records and state."""
+        name = config.node.name
+        tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
+        ca, cert, key = tls.load()  # fail on a bad key file now, not after training the teacher
+        if (certified := tls.common_name()) != name:
+            raise ConfigError(
+                f"node.name is {name!r} but this node's certificate ({config.tls.cert}) is issued to {certified!r}: "
+                "set node.name to the certificate's name, or use the certificate issued to this node"
+            )
+        privacy = config.privacy
+        settings = DPSettings(target_epsilon=privacy.target_epsilon, delta=privacy.delta, planned_rounds=privacy.planned_rounds,
+                              local_epochs=privacy.local_epochs, accountant=privacy.accountant)
+        return cls(
+            name, data or federation(config.data.dataset).node(name, config.data.seed), settings, seed=config.data.seed,
+            state_dir=config.node.state_dir, teacher_share=privacy.teacher_share, credentials=Credentials.from_pem(ca, cert, key),
+            defence=Defence(config.node.min_participants, config.node.min_threshold), mechanism_seed=mechanism_seed,
+            randomness=randomness, dump_dir=config.testing.dump_dir,
+        )
+
+    def _log_state(self, state_dir: Path) -> None:
         state = self.state
+        assert state is not None
         if state.ledger.rolled_back:
             log.warning("%s: rolled back a ledger line that a crash cut short (its update never left)", self.name)
         log.info("%s: ledger %s verified: %d entries, epsilon %.4f spent on these records so far",
@@ -112,27 +165,18 @@ class Node:
         if state.other_record_sets:
             log.warning(
                 "%s: %s also holds ledgers for %d other record set(s) (%s); records they share with these ones "
-                "are charged in each ledger, and their epsilons add up", self.name, self.config.node.state_dir,
+                "are charged in each ledger, and their epsilons add up", self.name, state_dir,
                 len(state.other_record_sets), ", ".join(state.other_record_sets),
             )
-
-    def run(self) -> None:
-        node = self.config.node
-        with AggregatorClient(node.aggregator, self.tls, rpc_timeout=node.rpc_timeout, server_name=node.server_name) as client:
-            log.info("%s: connected to %s", self.name, node.aggregator)
-            client.send(self.join())
-            while True:
-                request = client.poll(wait=node.poll_wait)
-                if isinstance(request, msg.Shutdown):
-                    log.info("%s: aggregator ended the run: %s", self.name, request.reason)
-                    return
-                answering = getattr(request, "round", self._round)  # secagg stages belong to the round trained
-                for reply in self.handle(request):
-                    client.send(reply, round=answering)
 
     def join(self) -> msg.Join:
         """What the node says when it (re)connects: the privacy status its ledger gives."""
         return msg.Join(self._status())
+
+    def respond(self, request: msg.ServerMessage) -> tuple[int, list[msg.ClientMessage]]:
+        """The replies to one request, tagged with the round they answer (secagg stages: the round trained)."""
+        answering = getattr(request, "round", self._round)
+        return answering, self.handle(request)
 
     def handle(self, request: msg.ServerMessage) -> list[msg.ClientMessage]:
         """Answer one request; anything refused or failed becomes an Abort with the reason, never a crash."""
@@ -178,14 +222,17 @@ class Node:
         return self._secagg
 
     def _start(self, method: str, objective: Objective) -> None:
-        """Fix the method and build the run's DP trainer, its accountant starting from the ledger."""
-        self.distiller = DPDistiller(
-            self.teacher, self.data, self.settings, seed=self.config.data.seed, objective=objective,
-            ledger_history=self.state.history(), teacher_history=self.state.teacher_history(),
-            mechanism_seed=self._mechanism_seed,
-        )
-        if self.distiller.plan != self.plan:
-            raise AssertionError("the trainer's mechanism differs from the node's plan")
+        """Fix the method and build the run's trainer: DP, its accountant starting from the ledger (or plaintext)."""
+        if self.state is None:
+            self.distiller = PlainTrainer(objective, self.settings, seed=self._mechanism_seed or 0)
+        else:
+            self.distiller = DPDistiller(
+                self.teacher, self.data, self.settings, seed=self.seed, objective=objective,
+                ledger_history=self.state.history(), teacher_history=self.state.teacher_history(),
+                mechanism_seed=self._mechanism_seed,
+            )
+            if self.distiller.plan != self.plan:
+                raise AssertionError("the trainer's mechanism differs from the node's plan")
         self.method, self.released = method, objective.released
         self._expected_state = {k: v.shape for k, v in backbone_state(objective.module, objective.released).items()}
         log.info("%s: running %s; releases %s", self.name, method, " + ".join(self.released))
@@ -210,7 +257,7 @@ class Node:
         images = check_records(request.probe_images, self.data.train.x.shape[1:], "SelectRequest.probe_images")
         maps = check_maps(request.student_maps, len(images), "SelectRequest.student_maps")
         if self._check_method("fedsa"):
-            self._start("fedsa", FeatureObjective(self.teacher, self.data, self.config.data.seed))
+            self._start("fedsa", FeatureObjective(self.teacher, self.data, self.seed, arch=self.arch))
         teacher_maps = gradcam_maps(self.teacher, task_input(self.data.task, images), size=maps.shape[-1])
         score = transferability(maps, teacher_maps)
         self._selected_round = request.round
@@ -225,10 +272,10 @@ class Node:
         labels = check_labels(request.probe_labels, len(images), request.num_classes, f"{where}.probe_labels")
         if self._check_method("fedsa+"):
             probe = LabelledSet(images, labels, request.num_classes)
-            initial = make_teacher(self.data.train.num_classes, self.config.data.seed)  # where its training started
+            initial = make_teacher(self.data.train.num_classes, self.seed)  # where its training started
             self._score = output_transferability(self.teacher, self.data.task, probe, initial)
             output_map = fit_output_map(self.teacher, self.data.task, probe)
-            self._start("fedsa+", OutputObjective(self.teacher, self.data, output_map, self.config.data.seed))
+            self._start("fedsa+", OutputObjective(self.teacher, self.data, output_map, self.seed, self.kd, arch=self.arch))
             log.info("%s: LogME transferability %.4f (post-processing of the DP teacher)", self.name, self._score)
         assert self._score is not None
         self._selected_round = request.round
@@ -236,7 +283,7 @@ class Node:
 
     def _check_round(self, request: msg.TrainRequest) -> None:
         """Refuse, before any training, a round this node's own configuration or the protocol does not allow."""
-        config, node = request.secagg, self.config.node
+        config, node = request.secagg, self.defence
         where = f"round {request.round} refused"
         if config.round != request.round:
             raise ProtocolError(f"{where}: its secure-aggregation config is for round {config.round}")
@@ -271,51 +318,76 @@ class Node:
         if self.distiller is None:
             raise ProtocolError(f"{self.name} was asked to train in round {request.round} before any selection request")
         self._check_round(request)
-        if not self.distiller.fits_budget():
+        started = time.perf_counter()
+        if isinstance(self.distiller, PlainTrainer):
+            update = self.distiller.train_round(request.student_state)
+        elif not self.distiller.fits_budget():
             reason = (
                 f"{self.name} declines round {request.round}: one more round would spend epsilon "
-                f"{self.distiller.epsilon_if_trained():.3f} > budget {self.config.privacy.target_epsilon}"
+                f"{self.distiller.epsilon_if_trained():.3f} > budget {self.settings.target_epsilon}"
             )
             log.info(reason)
             return msg.Decline(round=request.round, reason=reason)
-        started = time.perf_counter()
-        result = self.distiller.train_round(request.student_state)
-        try:  # write-ahead: the charge is on disk before the update can leave
-            self.state.charge("distillation", request.round, result.mechanism, self.config.privacy.target_epsilon,
-                              method=self.method)
-        except LedgerError:
-            self.distiller.sync(self.state.history())  # not written, not released: not charged
-            raise
-        log.info("%s: round %d trained in %.1fs; epsilon %.3f", self.name, request.round,
-                 time.perf_counter() - started, self.state.epsilon())
-        self._update = result.update  # float32 into masking, unweighted: the aggregator divides the sum
+        else:
+            update = self._train_dp(request)
+        log.info("%s: round %d trained in %.1fs", self.name, request.round, time.perf_counter() - started)
+        self._update = update  # float32 into masking, unweighted: the aggregator divides the sum
         if self.dump_dir is not None:
             Path(self.dump_dir).mkdir(parents=True, exist_ok=True)
             np.save(Path(self.dump_dir) / f"update-r{request.round}-{self.name}.npy", self._update)
-        # Signs its keys and the survivor set with its TLS key; checks peers' against the CA.
-        self._secagg = SecAggClient(self.name, request.secagg, Credentials.from_pem(*self.tls.load()), self._randomness)
+        # With credentials it signs its keys and the survivor set, and checks its peers' against the CA.
+        self._secagg = SecAggClient(self.name, request.secagg, self._credentials, self._randomness)
         return self._secagg.advertise()
 
+    def _train_dp(self, request: msg.TrainRequest) -> np.ndarray:
+        """One DP-SGD round, its charge written to the ledger before the update is returned (write-ahead)."""
+        assert isinstance(self.distiller, DPDistiller) and self.state is not None
+        result = self.distiller.train_round(request.student_state)
+        try:
+            self.state.charge("distillation", request.round, result.mechanism, self.settings.target_epsilon, method=self.method)
+        except LedgerError:
+            self.distiller.sync(self.state.history())  # not written, not released: not charged
+            raise
+        log.info("%s: round %d charged; epsilon %.3f", self.name, request.round, self.state.epsilon())
+        return result.update
+
     def _fits_next_round(self) -> bool:
+        if self.state is None or self.plan is None:
+            return True
         plan, s = self.plan, self.settings
         return fits_budget(self.state.history(), plan.noise_multiplier, plan.sample_rate, plan.steps_per_round,
                            s.target_epsilon, s.delta, s.accountant)
 
     def _status(self) -> msg.PrivacyStatus:
-        """What the ledger says: the only privacy figures that ever leave the node."""
-        head = self.state.ledger.head
+        """What the ledger says: the only privacy figures that ever leave the node (zeros without DP)."""
+        head = self.state.ledger.head if self.state is not None else None
         return msg.PrivacyStatus(
             round=self._round,
-            epsilon=self.state.epsilon(),
-            delta=self.config.privacy.delta,
-            target_epsilon=self.config.privacy.target_epsilon,
-            rounds_trained=len(self.state.entries("distillation")),
+            epsilon=self.state.epsilon() if self.state is not None else 0.0,
+            delta=self.settings.delta,
+            target_epsilon=self.settings.target_epsilon,
+            rounds_trained=len(self.state.entries("distillation")) if self.state is not None else 0,
             fits_next_round=self._fits_next_round(),
-            ledger_entries=head.entries,
-            ledger_head=head.head or "",
+            ledger_entries=head.entries if head is not None else 0,
+            ledger_head=(head.head or "") if head is not None else "",
         )
+
+
+def serve(node: Node, config: NodeSection, tls: TlsFiles) -> None:
+    """The node's side of a networked federation: dial the aggregator, join, answer until it says the run is over."""
+    with AggregatorClient(config.aggregator, tls, rpc_timeout=config.rpc_timeout, server_name=config.server_name) as client:
+        log.info("%s: connected to %s", node.name, config.aggregator)
+        client.send(node.join())
+        while True:
+            request = client.poll(wait=config.poll_wait)
+            if isinstance(request, msg.Shutdown):
+                log.info("%s: aggregator ended the run: %s", node.name, request.reason)
+                return
+            answering, replies = node.respond(request)
+            for reply in replies:
+                client.send(reply, round=answering)
 
 
 def run_node(config: NodeConfig) -> None:
     torch.set_num_threads(1)  # several node processes share the machine's cores
-    Node(config).run()
+    serve(Node.from_config(config), config.node, TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key))

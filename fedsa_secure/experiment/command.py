@@ -20,7 +20,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     """Register the `experiment` subcommand on the CLI's subparsers."""
     p = commands.add_parser(
         "experiment", help="run the comparison grid (Scratch, Transfer, FedAvg+, Random, fedsa, fedsa+, Centralised KA)",
-        description="Every federated method runs twice per seed: plaintext (no DP, plain sum, teachers trained "
+        description="Every federated method runs twice per seed: plaintext (no DP anywhere, teachers trained "
                     "without DP) and secure (each node's records at epsilon 8 in all: its DP-SGD teacher and its "
                     "DP-SGD rounds, in-memory secure aggregation). Seeds are paired across methods.",
     )
@@ -150,6 +150,8 @@ def run_command(args: argparse.Namespace) -> int:
 
     out = args.out or Path("runs") / f"experiment-{datetime.now(UTC):%Y%m%d-%H%M%S}"
     started = time.perf_counter()
+    if args.curve:
+        return write_curve(args.curve, out)
     if args.merge:
         grid_fields, records = merge_results(args.merge)
         out.mkdir(parents=True, exist_ok=True)

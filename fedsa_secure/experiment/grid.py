@@ -18,10 +18,10 @@ from torch import nn
 
 from fedsa_secure.data import LabelledSet, federation
 from fedsa_secure.experiment.baselines import Teachers, centralised_ka, transfer
+from fedsa_secure.experiment.simulation import federation_teachers, simulate, teacher_privacy
 from fedsa_secure.experiment.spec import CENTRAL_FEATURE_WEIGHT, FEDERATED, Grid
 from fedsa_secure.fedsa.adapt import AdaptRecipe, scratch, task_accuracy
 from fedsa_secure.fedsa.distill import DPSettings
-from fedsa_secure.fedsa.simulation import federation_teachers, simulate, teacher_privacy
 from fedsa_secure.files import write_json_atomic
 
 
@@ -116,7 +116,7 @@ def _federated(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSetting
     teachers = cell.dp_teachers if secure and cell.dp_teachers else cell.teachers
     result = simulate(
         cell.seed, grid.rounds, grid.cohort, dp, method=method, dataset=cell.dataset, probe_budget=cell.budget,
-        private=secure, teachers=teachers, recipe=recipe, aggregation="secure" if secure else "plain",
+        private=secure, teachers=teachers, recipe=recipe,
         baseline=cell.baseline, eval_every=grid.eval_every, arch=cell.arch, target_tasks=grid.tasks,
     )
     epsilon = max(result["epsilon"].values()) if secure else None
@@ -131,7 +131,7 @@ def _federated(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSetting
         secagg=result["secagg"], dp_target_epsilon=grid.epsilon if secure else None,
         teacher_epsilon=max((e for e in result["teacher_epsilon"].values() if e is not None), default=None) if secure else None,
         teacher_covered=secure and grid.dp_teachers,
-        max_abs_update=result["max_abs_update"], average_rounds=result["average_rounds"],
+        average_rounds=result["average_rounds"],
     )
 
 

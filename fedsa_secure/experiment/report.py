@@ -20,7 +20,7 @@ BASELINE_STYLES = (":", "-.", (0, (1, 4)))  # Scratch / Transfer / Centralised K
 
 
 def arm_label(method: str, secure: bool, federated: bool, arch: str | None = None) -> str:
-    """`fedsa+ secure` (DP-SGD at epsilon 8 + SecAgg) or `fedsa+ plain` (no DP, plaintext sum); baselines bare.
+    """`fedsa+ secure` (DP-SGD teacher and rounds at the budget) or `fedsa+ plain` (no DP); baselines bare.
 
     `arch` prefixes the student architecture, for grids over several (`resnet fedsa+ secure`).
     """
@@ -51,7 +51,8 @@ def format_table(records: list[dict], federated: set[str]) -> str:
     lines = ["# Experiment results", "",
              "Accuracy: mean ± sample std over seeds. Δ Scratch: mean of the per-seed difference to Scratch "
              "(same split, teachers, student architecture and Scratch model), in points, ± its standard error. "
-             "`secure`: DP-SGD at epsilon 8 on every node and secure aggregation; `plain`: no DP, plaintext sum.", ""]
+             "`secure`: each node's records at the grid's epsilon in all (DP-SGD teacher and rounds), secure aggregation; "
+             "`plain`: no DP anywhere.", ""]
     for dataset in dict.fromkeys(r.dataset for r in rows):
         cells = [r for r in rows if r.dataset == dataset]
         lines += [f"## {dataset}", "", *_accuracy_lines(cells, federated, show_arch, show_task), "",

@@ -9,7 +9,7 @@ from fedsa_secure.errors import ConfigError
 PROBE_BUDGETS = (0.01, 0.05, 0.10)  # fedsa_secure.data.mnist5k.PROBE_BUDGETS
 
 BASELINES = ("scratch", "transfer", "centralised-ka")
-FEDERATED = ("fedavg+", "random", "fedsa", "fedsa+")  # fedsa.simulation.METHODS, named here without importing torch
+FEDERATED = ("fedavg+", "random", "fedsa", "fedsa+")  # experiment.simulation.METHODS, named here without importing torch
 ALL_METHODS = (*BASELINES, *FEDERATED)
 DATASETS = ("mnist5k", "digits", "mnist5k-skew", "mnist1d")  # data.FEDERATIONS, named here without importing it
 DEFAULT_DATASETS = ("mnist5k", "digits")  # mnist5k-skew and mnist1d (nodes hold far more records) on request
@@ -34,7 +34,7 @@ class Grid:
     cohort: int = 3
     eval_every: int = 3  # adapt + evaluate only after the last round (fedsa adapts every round for Grad-CAM)
     adapt_batch: int = 64  # probe images per adaptation step; 0: full batch (the same at 1% and on digits)
-    arms: tuple[bool, ...] = (False, True)  # secure=False: plaintext sum, no DP; True: DP-SGD + SecAgg
+    arms: tuple[bool, ...] = (False, True)  # secure=False: no DP anywhere; True: DP teacher and rounds at `epsilon`
     archs: tuple[str, ...] = ("cnn",)  # student architectures; every method runs once per architecture
     tasks: tuple[str, ...] = ("digit",)  # target tasks: one head each on every adapted student, each reported
     epsilon: float = TARGET_EPSILON  # secure arms: each node's whole budget, its DP teacher's training included

@@ -37,7 +37,7 @@ from fedsa_secure.privacy.dpsgd import DPSGD, Mechanism, poisson_schedule
 class DPSettings:
     """A node's DP budget and DP-SGD hyper-parameters (defaults chosen by measurement on the digits demo).
 
-    Measured with `python -m fedsa_secure.fedsa.simulation --seeds 0 1 2 3 4` (5 rounds, cohort 3
+    Measured with `python -m fedsa_secure.experiment.simulation --seeds 0 1 2 3 4` (5 rounds, cohort 3
     of 4, epsilon 8): SGD with momentum 0.9 at lr 0.1 gave the best final accuracy (mean 0.927
     against Scratch 0.913, at or above Scratch on every seed). Adam at lr 1e-3 barely moves the
     proxy in 12 noisy steps (max |w*Delta| 0.004; the student stays Scratch); SGD at lr 0.3 or

@@ -57,7 +57,7 @@ def fit_output_map(teacher: ConvNet, task: str, probe: LabelledSet, regularisati
 
 @dataclass(frozen=True)
 class OutputKDSettings:
-    """Loss weights and what the proxy releases (chosen by measurement; see fedsa.simulation)."""
+    """Loss weights and what the proxy releases (chosen by measurement; see experiment.simulation)."""
 
     kd_weight: float = 1.0
     feature_weight: float = 0.0

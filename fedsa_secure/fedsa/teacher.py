@@ -22,8 +22,9 @@ from fedsa_secure.errors import BudgetExhausted
 from fedsa_secure.fedsa.supervised import fit_classifier
 from fedsa_secure.files import atomic_torch_save
 from fedsa_secure.models import ConvNet, make_teacher, state_digest
-from fedsa_secure.privacy.accounting import calibrate_noise, fits_budget
+from fedsa_secure.privacy.accounting import calibrate_noise, epsilon_of, fits_budget
 from fedsa_secure.privacy.dpsgd import DPSGD, Mechanism, poisson_schedule
+from fedsa_secure.privacy.ledger import DECLARATION
 from fedsa_secure.privacy.state import PrivacyState
 
 log = logging.getLogger("fedsa_secure.teacher")
@@ -172,35 +173,89 @@ def freeze(model: ConvNet) -> ConvNet:
     return model
 
 
+@dataclass(frozen=True)
+class TrainTeacher:
+    """Provenance `train`: the node trains its teacher on its own labelled records with DP-SGD, charged first."""
+
+    recipe: TeacherRecipe = TeacherRecipe()
+
+
+@dataclass(frozen=True)
+class DPTrainedTeacher:
+    """Provenance `dp`: trained elsewhere with DP-SGD on these same records; the node charges `mechanism` to its
+    ledger before using it (experiments share one seed's teachers across methods this way)."""
+
+    model: ConvNet
+    mechanism: Mechanism
+
+
+@dataclass(frozen=True)
+class PublicTeacher:
+    """Provenance `public`: trained on data outside the protected records; the ledger declares it and charges nothing."""
+
+    model: ConvNet
+
+
+@dataclass(frozen=True)
+class NonPrivateTeacher:
+    """Provenance `non-private`: trained on these records without DP. The records are then not protected; a node
+    takes it only when told to accept that, and the report says so first, in red."""
+
+    model: ConvNet
+
+
+TeacherSource = TrainTeacher | DPTrainedTeacher | PublicTeacher | NonPrivateTeacher
+
+
 def node_teacher(
-    state: PrivacyState, node: NodeData, privacy: TeacherPrivacy, target_epsilon: float, seed: int,
+    state: PrivacyState, node: NodeData, source: TeacherSource, privacy: TeacherPrivacy, target_epsilon: float, seed: int,
     *, mechanism_seed: int | None = None,
 ) -> ConvNet:
-    """A deployed node's DP teacher: the one its ledger recorded last, or a new one, charged before it is used.
+    """A node's DP teacher: the one its ledger recorded last if it is the one asked for, else the source's, charged first.
 
     The file must hold exactly the weights whose digest the ledger recorded. If it is missing or
-    differs (a crash between the charge and the save, a restored backup), a new teacher is trained
-    and charged again: the ledger over-counts, never under-counts. BudgetExhausted if that no
-    longer fits the records' budget.
+    differs (a crash between the charge and the save, a restored backup), the teacher is trained
+    (or the given one charged) again: the ledger over-counts, never under-counts. BudgetExhausted
+    if that no longer fits the records' budget.
     """
+    if isinstance(source, PublicTeacher | NonPrivateTeacher):
+        return _declared_teacher(state, source, target_epsilon)
     classes = node.train.num_classes
     recorded = state.entries("teacher")
     if recorded:
         model = _recorded_teacher(state.teacher_file, str(recorded[-1].get("teacher_sha256")), classes, seed)
-        if model is not None:
+        wanted = None if isinstance(source, TrainTeacher) else state_digest(source.model.state_dict()).hex()
+        if model is not None and wanted in (None, recorded[-1].get("teacher_sha256")):
             return model
-        log.warning("%s: %s is missing or differs from ledger entry %d; training a new DP teacher (charged again)",
+        log.warning("%s: %s is missing or is not the teacher asked for (ledger entry %d); charging a teacher again",
                     node.name, state.teacher_file, recorded[-1]["seq"])
-    mechanism = teacher_mechanism(len(node.train), privacy)
+    mechanism = teacher_mechanism(len(node.train), privacy, source.recipe) if isinstance(source, TrainTeacher) else source.mechanism
     m = mechanism
     if not fits_budget(state.history(), m.noise_multiplier, m.sample_rate, m.steps, target_epsilon, m.delta, m.accountant):
         raise BudgetExhausted(
-            f"{node.name}: these records' ledger already holds epsilon {state.epsilon():.4f}; training a teacher "
-            f"(epsilon {privacy.epsilon:g} on its own) would exceed the budget {target_epsilon:g}"
+            f"{node.name}: these records' ledger already holds epsilon {state.epsilon():.4f}; a teacher "
+            f"(epsilon {epsilon_of([(m.noise_multiplier, m.sample_rate, m.steps)], m.delta, m.accountant):.4g} on its own) "
+            f"would exceed the budget {target_epsilon:g}"
         )
-    model = train_dp_teacher(node, mechanism, seed, mechanism_seed=mechanism_seed)
-    state.charge("teacher", 0, mechanism, target_epsilon, teacher_sha256=state_digest(model.state_dict()).hex())
+    if isinstance(source, TrainTeacher):
+        model = train_dp_teacher(node, mechanism, seed, recipe=source.recipe, mechanism_seed=mechanism_seed)
+    else:
+        model = freeze(source.model)
+    provenance = "train" if isinstance(source, TrainTeacher) else "dp"
+    state.charge("teacher", 0, mechanism, target_epsilon, teacher_sha256=state_digest(model.state_dict()).hex(),
+                 provenance=provenance)
     atomic_torch_save(model.state_dict(), state.teacher_file, mode=0o600)  # the institution's model: its owner's only
+    return model
+
+
+def _declared_teacher(state: PrivacyState, source: PublicTeacher | NonPrivateTeacher, target_epsilon: float) -> ConvNet:
+    """A teacher that costs nothing to charge: its provenance is declared in the ledger once, before it is used."""
+    model = freeze(source.model)
+    provenance = "public" if isinstance(source, PublicTeacher) else "non-private"
+    digest = state_digest(model.state_dict()).hex()
+    declared = state.entries(DECLARATION)
+    if not declared or (declared[-1]["provenance"], declared[-1]["teacher_sha256"]) != (provenance, digest):
+        state.declare(provenance, digest, target_epsilon)
     return model
 
 

@@ -24,6 +24,7 @@ from dp_accounting.rdp import RdpAccountant
 from dp_accounting.rdp.rdp_privacy_accountant import DEFAULT_RDP_ORDERS, compute_epsilon
 
 from fedsa_secure.privacy.accounting import History, epsilon_of, extend_history
+from fedsa_secure.privacy.ledger import charges
 
 # Opacus PRV's default eps_error: its epsilon is exact only to this much, so a recompute within it agrees.
 RECOMPUTE_TOLERANCE = 0.01
@@ -67,10 +68,10 @@ class NodeCrossCheck:
 
 
 def histories(entries: Sequence[dict[str, Any]]) -> list[History]:
-    """The cumulative Opacus-style history after each entry, rebuilt from the recorded parameters only."""
+    """The cumulative Opacus-style history after each charge, rebuilt from the recorded parameters only."""
     out: list[History] = []
     history: History = []
-    for entry in entries:
+    for entry in charges(list(entries)):
         history = extend_history(history, float(entry["noise_multiplier"]), float(entry["sample_rate"]), int(entry["steps"]))
         out.append(history)
     return out
@@ -142,8 +143,9 @@ def _google_rdp_per_step(sigma: float, q: float) -> np.ndarray:
     return rdp
 
 
-def crosscheck(entries: Sequence[dict[str, Any]]) -> NodeCrossCheck | None:
-    """Recompute every entry with its own accountant and the last one with all four (None for an empty ledger)."""
+def crosscheck(all_entries: Sequence[dict[str, Any]]) -> NodeCrossCheck | None:
+    """Recompute every charge with its own accountant and the last one with all four (None without charges)."""
+    entries = charges(list(all_entries))
     if not entries:
         return None
     cumulative = histories(entries)

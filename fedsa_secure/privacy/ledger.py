@@ -27,7 +27,9 @@ from fedsa_secure.errors import LedgerError
 from fedsa_secure.files import atomic_write
 
 GENESIS = "0" * 64
-REQUIRED_FIELDS = (
+DECLARATION = "declaration"  # an entry that charges nothing: a teacher's provenance ("public" or "non-private")
+DECLARATION_FIELDS = ("kind", "round", "provenance", "teacher_sha256", "epsilon")
+REQUIRED_FIELDS = (  # of a charge
     "kind",  # "teacher": the teacher's DP-SGD training; "distillation": one round's
     "round",
     "noise_multiplier",
@@ -38,6 +40,11 @@ REQUIRED_FIELDS = (
     "accountant",
     "epsilon",
 )
+
+
+def charges(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries that spend budget (every one but declarations), in order."""
+    return [e for e in entries if e.get("kind") != DECLARATION]
 
 
 def entry_hash(entry: dict[str, Any]) -> str:
@@ -108,7 +115,8 @@ class Ledger:
         return LedgerHead(len(self._entries), self._entries[-1]["hash"] if self._entries else GENESIS, "ledger")
 
     def append(self, charge: dict[str, Any]) -> dict[str, Any]:
-        missing = [f for f in REQUIRED_FIELDS if f not in charge]
+        required = DECLARATION_FIELDS if charge.get("kind") == DECLARATION else REQUIRED_FIELDS
+        missing = [f for f in required if f not in charge]
         if missing:
             raise LedgerError(f"ledger charge lacks fields {missing}")
         entry = {"seq": len(self._entries), **charge, "prev_hash": self.head.head}

@@ -24,7 +24,7 @@ from typing import Any
 from fedsa_secure.files import atomic_write
 from fedsa_secure.privacy.accounting import SECURE_MODE_AVAILABLE, SECURE_MODE_REASON, epsilon_of, library_versions
 from fedsa_secure.privacy.crosscheck import ACCOUNTANTS, OPACUS_NAMES, RECOMPUTE_TOLERANCE, crosscheck, epsilon_by, histories
-from fedsa_secure.privacy.ledger import LedgerHead, head_path, read_head, verify_file
+from fedsa_secure.privacy.ledger import DECLARATION, LedgerHead, charges, head_path, read_head, verify_file
 from fedsa_secure.privacy.report_html import render_html
 from fedsa_secure.privacy.state import find_ledgers
 
@@ -188,7 +188,7 @@ def _node(name: str, path: Path, summary: dict[str, Any] | None, run_dir: Path |
     anchors = _anchors(name, path, summary, reported)
     entries, verification = verify_file(path, anchors)
     problems = [] if verification.ok else [f"ledger: {verification.reason}"]
-    figures_ok = verification.ok and not (bad := _unreadable(entries))
+    figures_ok = verification.ok and not (bad := _unreadable(charges(entries)))
     if verification.ok and bad:
         problems += bad
     problems += _epsilon_witness(name, entries, summary) if figures_ok else []
@@ -200,7 +200,8 @@ def _node(name: str, path: Path, summary: dict[str, Any] | None, run_dir: Path |
             problems.append(f"entry {entry['seq']} (round {entry['round']}) spends epsilon {entry['epsilon']} > budget {target}")
     last = entries[-1] if entries and figures_ok else None
     epsilon = float(last["epsilon"]) if last else (0.0 if not entries else None)
-    teachers = [e for e in entries if e.get("kind") == "teacher"] if figures_ok else []
+    charged = charges(entries)
+    last_charge = charged[-1] if charged and figures_ok else None
     return {
         "name": name,
         "ledger": {
@@ -215,11 +216,11 @@ def _node(name: str, path: Path, summary: dict[str, Any] | None, run_dir: Path |
         },
         "unit": _unit(name, entries),
         "target_epsilon": target,
-        "delta": _number(last["delta"]) if last else _number(reported.get("delta")),
-        "accountant": str(last["accountant"]) if last else None,
+        "delta": _number(last_charge["delta"]) if last_charge else _number(reported.get("delta")),
+        "accountant": str(last_charge["accountant"]) if last_charge else None,
         "epsilon": _finite(epsilon),
         "remaining_epsilon": None if target is None or epsilon is None else _finite(target - epsilon),
-        "teacher": _teacher(teachers, target),
+        "teacher": _teacher(entries, target) if figures_ok else None,
         "rounds_trained": sum(e.get("kind") == "distillation" for e in entries),
         "declines": reported.get("declines"),
         "versions": {str(k): str(v) for k, v in last["versions"].items()} if last and isinstance(last.get("versions"), dict) else None,
@@ -254,18 +255,22 @@ def _unit(name: str, entries: list[dict[str, Any]]) -> str:
     return f"one record{of}: a {record.get('dtype', '')} array of shape {shape}{label}"
 
 
-def _teacher(teachers: list[dict[str, Any]], target: float | None) -> dict[str, Any] | None:
-    """What the node's DP teacher training spent on its own (the split between teacher and rounds)."""
+def _teacher(entries: list[dict[str, Any]], target: float | None) -> dict[str, Any] | None:
+    """Where the node's teacher came from and what it spent on its own (the split between teacher and rounds)."""
+    teachers = [e for e in entries if e.get("kind") in ("teacher", DECLARATION)]
     if not teachers:
         return None
     last = teachers[-1]
-    alone = [epsilon_of([(float(t["noise_multiplier"]), float(t["sample_rate"]), int(t["steps"]))],
-                        float(t["delta"]), str(t["accountant"])) for t in teachers]
+    alone = 0.0
+    if last.get("kind") == "teacher":
+        alone = epsilon_of([(float(last["noise_multiplier"]), float(last["sample_rate"]), int(last["steps"]))],
+                           float(last["delta"]), str(last["accountant"]))
     return {
+        "provenance": str(last.get("provenance", "train")),  # train, dp (both charged), public or non-private
         "entries": [t["seq"] for t in teachers],
-        "epsilon_alone": alone[-1],
-        "share_of_budget": None if not target else alone[-1] / target,
-        "trainings": len(teachers),
+        "epsilon_alone": alone,
+        "share_of_budget": None if not target else alone / target,
+        "trainings": sum(t.get("kind") == "teacher" for t in teachers),
         "digest": last.get("teacher_sha256"),
     }
 
@@ -284,6 +289,14 @@ def _red_items(nodes: list[dict[str, Any]]) -> list[dict[str, str]]:
                 f"{node['name']}: its ledger records no DP training of its teacher. If that teacher was trained on "
                 "these records without DP, one record moves every distillation target, and the epsilon printed for "
                 f"{node['name']} does not bound what its releases reveal about that record.")})
+        elif node["teacher"] is not None and node["teacher"]["provenance"] == "non-private":
+            items.append({"severity": "red", "text": (
+                f"{node['name']}: its teacher was declared trained on its records without DP. Those records are NOT "
+                f"protected: one record moves every distillation target, whatever epsilon is printed for {node['name']}.")})
+        elif node["teacher"] is not None and node["teacher"]["provenance"] == "public":
+            items.append({"severity": "amber", "text": (
+                f"{node['name']}: its teacher was declared trained on data outside its protected records (public); "
+                "the figure covers the records only if that declaration is true.")})
     return items
 
 
@@ -294,9 +307,13 @@ def _headline(nodes: list[dict[str, Any]], not_covered: list[dict[str, str]]) ->
         if node["epsilon"] is None:
             lines.append(f"{node['name']}: no finite epsilon (see the problems below)")
             continue
-        teacher = node["teacher"]
-        split = (f"its DP teacher {teacher['epsilon_alone']:.2f} on its own, {node['rounds_trained']} rounds composed on top"
-                 if teacher else f"{node['rounds_trained']} rounds, no teacher training recorded")
+        teacher, rounds = node["teacher"], node["rounds_trained"]
+        if teacher is None:
+            split = f"{rounds} rounds, no teacher training recorded"
+        elif teacher["provenance"] in ("train", "dp"):
+            split = f"its DP teacher {teacher['epsilon_alone']:.2f} on its own, {rounds} rounds composed on top"
+        else:
+            split = f"its teacher declared {teacher['provenance']}, {rounds} rounds"
         lines.append(f"{node['name']}: epsilon {node['epsilon']:.2f} at delta {node['delta']:g} for {node['unit']} "
                      f"({split}; budget {node['target_epsilon']:g})")
     holds = not any(item["severity"] == "red" for item in not_covered)

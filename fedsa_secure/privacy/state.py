@@ -23,7 +23,7 @@ from fedsa_secure.errors import KeyMaterialError, LedgerError
 from fedsa_secure.files import create_secret, read_secret
 from fedsa_secure.privacy.accounting import History, epsilon_of, extend_history, library_versions
 from fedsa_secure.privacy.dpsgd import Mechanism
-from fedsa_secure.privacy.ledger import Ledger
+from fedsa_secure.privacy.ledger import DECLARATION, Ledger, charges
 
 KEY_FILE = "fingerprint.key"
 LEDGER_FILE = "ledger.jsonl"
@@ -54,9 +54,9 @@ def _fingerprint_key(state_dir: Path) -> bytes:
 
 
 def history_of(entries: list[dict[str, Any]]) -> History:
-    """The accountant history of ledger entries, rebuilt from their recorded mechanisms."""
+    """The accountant history of ledger entries, rebuilt from the mechanisms their charges recorded."""
     history: History = []
-    for entry in entries:
+    for entry in charges(entries):
         history = extend_history(history, float(entry["noise_multiplier"]), float(entry["sample_rate"]), int(entry["steps"]))
     return history
 
@@ -96,7 +96,7 @@ class PrivacyState:
         return self.directory / TEACHER_FILE
 
     def entries(self, kind: str | None = None) -> list[dict[str, Any]]:
-        """The ledger's entries, optionally of one kind ("teacher" or "distillation")."""
+        """The ledger's entries, optionally of one kind ("teacher", "distillation" or "declaration")."""
         return [e for e in self.ledger.entries if kind is None or e.get("kind") == kind]
 
     def history(self) -> History:
@@ -111,6 +111,14 @@ class PrivacyState:
         """The cumulative epsilon of the last entry (0 for an empty ledger)."""
         entries = self.ledger.entries
         return float(entries[-1]["epsilon"]) if entries else 0.0
+
+    def declare(self, provenance: str, teacher_sha256: str, target_epsilon: float) -> dict[str, Any]:
+        """Record a teacher that costs these records nothing ("public") or that they are not protected from ("non-private")."""
+        return self.ledger.append({
+            "node": self.node, "kind": DECLARATION, "round": 0, "time": time.time(), "provenance": provenance,
+            "teacher_sha256": teacher_sha256, "epsilon": self.epsilon(), "target_epsilon": target_epsilon,
+            "record": self.record, "records": self.records, "versions": library_versions(),
+        })
 
     def charge(self, kind: str, round_number: int, mechanism: Mechanism, target_epsilon: float, **extra: Any) -> dict[str, Any]:
         """Append one release's mechanism with the cumulative epsilon it brings the ledger to (write-ahead)."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class QuantizationSpec:
@@ -118,9 +120,13 @@ class UnmaskResponse:
 
 
 def payload_bytes(message: Any) -> int:
-    """Payload bytes of a protocol message: its bytes and strings, 8 per number (the part that grows with n and m)."""
+    """Payload bytes of a message: its bytes, strings and arrays, 8 per number (the part that grows with n and m)."""
     if isinstance(message, bytes):
         return len(message)
+    if isinstance(message, np.ndarray):
+        return int(message.nbytes)
+    if isinstance(message, dict):
+        return sum(payload_bytes(key) + payload_bytes(value) for key, value in message.items())
     if isinstance(message, str):
         return len(message.encode("utf-8"))
     if isinstance(message, (tuple, list)):

@@ -19,6 +19,7 @@ from types import TracebackType
 import grpc
 
 from fedsa_secure import messages as m
+from fedsa_secure.channel import Inbox
 from fedsa_secure.errors import ProtocolError, TransportError
 from fedsa_secure.proto import federation_pb2 as pb
 from fedsa_secure.proto import federation_pb2_grpc as pb_grpc
@@ -65,7 +66,7 @@ class FederationServer:
         self._next_seq = 1
         self._cond = threading.Condition()
         self._outbox: defaultdict[str, deque[tuple[int, bytes]]] = defaultdict(deque)
-        self._inbox: defaultdict[str, list[tuple[int, m.ClientMessage]]] = defaultdict(list)
+        self._inbox = Inbox(self._cond)
         self._seen: set[str] = set()
         self._held = 0
         self._stopping = False
@@ -127,31 +128,12 @@ class FederationServer:
     def collect(
         self, nodes: Iterable[str], expect: type | tuple[type, ...], timeout: float, round: int = 0
     ) -> dict[str, m.ClientMessage]:
-        """Take the first message of an `expect` type from each node, waiting up to `timeout` seconds.
-
-        Nodes missing from the result did not answer in time (treat them as dropped). Messages of
-        other types stay queued for a later collect. With `round`, answers tagged with an earlier
-        round (late replies to a round that already moved on) are discarded.
-        """
-        wanted = list(dict.fromkeys(nodes))
-        got: dict[str, m.ClientMessage] = {}
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for node in wanted:
-                    if node not in got:
-                        self._take(node, expect, round, got)
-                left = deadline - time.monotonic()
-                if len(got) == len(wanted) or left <= 0:
-                    return got
-                self._cond.wait(left)
+        """Each node's first answer of an `expect` type, waiting up to `timeout` seconds (channel.Inbox.collect)."""
+        return self._inbox.collect(nodes, expect, timeout, round)
 
     def discard_inbox(self, node: str) -> int:
         """Drop everything `node` sent that is still queued (answers of its previous process); returns how many."""
-        with self._cond:
-            dropped = len(self._inbox.get(node, []))
-            self._inbox.pop(node, None)
-            return dropped
+        return self._inbox.discard(node)
 
     def wait_for(self, nodes: Collection[str], timeout: float) -> set[str]:
         """Block until all `nodes` have polled at least once or `timeout` passes; return those seen."""
@@ -164,18 +146,6 @@ class FederationServer:
         """Every node that has polled since start."""
         with self._cond:
             return set(self._seen)
-
-    def _take(self, node: str, expect: type | tuple[type, ...], round: int, got: dict[str, m.ClientMessage]) -> None:
-        box = self._inbox.get(node, [])
-        if round:
-            stale = [tagged for tagged in box if 0 < tagged[0] < round]
-            for tagged in stale:
-                log.info("discarding %s from node %r: answers round %d, now %d", type(tagged[1]).__name__, node, tagged[0], round)
-                box.remove(tagged)
-        for index, (tag, message) in enumerate(box):
-            if isinstance(message, expect) and (not round or tag in (0, round)):
-                got[node] = box.pop(index)[1]
-                return
 
     def _identify(self, context: grpc.ServicerContext) -> str:
         """The caller's certificate CN, if it is allowed; otherwise abort the call."""
@@ -244,9 +214,7 @@ class FederationServer:
                 f"{type(message).__name__} names sender(s) {sorted(claimed)} but the certificate belongs to "
                 f"{node!r}; a node may only send as itself",
             )
-        with self._cond:
-            self._inbox[node].append((round_tag, message))
-            self._cond.notify_all()
+        self._inbox.put(node, round_tag, message)
         return pb.SendAck()
 
 

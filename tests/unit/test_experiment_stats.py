@@ -11,6 +11,7 @@ from fedsa_secure.data.tasks import TARGET_TASKS
 from fedsa_secure.errors import ConfigError
 from fedsa_secure.experiment.command import add_parser, grid_from_args
 from fedsa_secure.experiment.report import format_table
+from fedsa_secure.experiment.simulation import METHODS
 from fedsa_secure.experiment.spec import ARCHS, FEDERATED, QUICK, TASKS, Grid
 from fedsa_secure.experiment.stats import (
     mean_std,
@@ -19,7 +20,6 @@ from fedsa_secure.experiment.stats import (
     summarise,
     versus,
 )
-from fedsa_secure.fedsa.simulation import METHODS
 from fedsa_secure.models import STUDENT_ARCHS
 
 

@@ -7,7 +7,14 @@ from fedsa_secure.data import NodeData, aggregator_data, node_data
 from fedsa_secure.errors import BudgetExhausted
 from fedsa_secure.fedsa import teacher as teacher_mod
 from fedsa_secure.fedsa.supervised import accuracy
-from fedsa_secure.fedsa.teacher import TeacherPrivacy, load_or_train_teacher, node_teacher, teacher_mechanism
+from fedsa_secure.fedsa.teacher import (
+    DPTrainedTeacher,
+    TeacherPrivacy,
+    TrainTeacher,
+    load_or_train_teacher,
+    node_teacher,
+    teacher_mechanism,
+)
 from fedsa_secure.models import state_digest
 from fedsa_secure.privacy.accounting import epsilon_of
 from fedsa_secure.privacy.state import PrivacyState
@@ -66,7 +73,7 @@ def test_a_cache_of_other_privacy_or_a_corrupt_one_retrains(node, tmp_path):
 
 def test_a_node_charges_its_teacher_before_saving_it_and_reuses_it_after_a_restart(node, tmp_path, monkeypatch):
     state = PrivacyState.open(tmp_path, "node-1", node.train)
-    model = node_teacher(state, node, PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
+    model = node_teacher(state, node, TrainTeacher(), PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
     (entry,) = state.ledger.entries
     assert entry["kind"] == "teacher" and entry["round"] == 0 and 3.99 <= entry["epsilon"] <= 4.0
     assert entry["teacher_sha256"] == state_digest(model.state_dict()).hex()
@@ -74,22 +81,22 @@ def test_a_node_charges_its_teacher_before_saving_it_and_reuses_it_after_a_resta
 
     monkeypatch.setattr(teacher_mod, "train_dp_teacher", lambda *a, **k: pytest.fail("retrained a recorded teacher"))
     restarted = PrivacyState.open(tmp_path, "node-1", node.train)
-    assert _same(node_teacher(restarted, node, PRIVACY, 8.0, seed=1), model) and len(restarted.ledger) == 1
+    assert _same(node_teacher(restarted, node, TrainTeacher(), PRIVACY, 8.0, seed=1), model) and len(restarted.ledger) == 1
 
 
 def test_a_teacher_file_that_differs_from_the_ledger_is_retrained_and_charged_again(node, tmp_path):
     state = PrivacyState.open(tmp_path, "node-1", node.train)
-    node_teacher(state, node, PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
+    node_teacher(state, node, TrainTeacher(), PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
     weights = torch.load(state.teacher_file, weights_only=True)
     weights["head.bias"] += 1.0  # a restored backup, a hand edit: not the teacher the ledger charged
     torch.save(weights, state.teacher_file)
-    node_teacher(state, node, PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=1)
+    node_teacher(state, node, TrainTeacher(), PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=1)
     first, second = state.ledger.entries
     assert second["kind"] == "teacher" and second["epsilon"] > first["epsilon"]  # the two trainings compose
     assert second["teacher_sha256"] == state_digest(torch.load(state.teacher_file, weights_only=True)).hex()
     with pytest.raises(BudgetExhausted, match="would exceed the budget 8"):
         state.teacher_file.unlink()
-        node_teacher(state, node, TeacherPrivacy(6.0, 1e-5, "prv"), target_epsilon=8.0, seed=1)
+        node_teacher(state, node, TrainTeacher(), TeacherPrivacy(6.0, 1e-5, "prv"), target_epsilon=8.0, seed=1)
     assert len(state.ledger) == 2  # refused before anything was trained or charged
 
 
@@ -98,10 +105,26 @@ def test_a_lost_ledger_next_to_its_teacher_stops_the_node(node, tmp_path):
     from fedsa_secure.privacy.ledger import head_path
 
     state = PrivacyState.open(tmp_path, "node-1", node.train)
-    node_teacher(state, node, PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
+    node_teacher(state, node, TrainTeacher(), PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
     state.ledger.path.unlink()
     with pytest.raises(LedgerError, match="truncated"):  # its head file still witnesses one entry
         PrivacyState.open(tmp_path, "node-1", node.train)
     head_path(state.ledger.path).unlink()
     with pytest.raises(LedgerError, match="holds a DP teacher but its ledger .* is missing"):
         PrivacyState.open(tmp_path, "node-1", node.train)
+
+
+def test_a_teacher_trained_elsewhere_with_dp_is_charged_before_use_and_reused_as_recorded(node, tmp_path):
+    trained = load_or_train_teacher(node, tmp_path / "cache.pt", seed=1, privacy=PRIVACY, mechanism_seed=0)
+    source = DPTrainedTeacher(trained.model, trained.mechanism)
+    state = PrivacyState.open(tmp_path / "state", "node-1", node.train)
+    model = node_teacher(state, node, source, PRIVACY, target_epsilon=8.0, seed=1)
+    (entry,) = state.ledger.entries
+    assert entry["provenance"] == "dp" and entry["noise_multiplier"] == trained.mechanism.noise_multiplier
+    assert entry["teacher_sha256"] == state_digest(model.state_dict()).hex() == state_digest(trained.model.state_dict()).hex()
+    node_teacher(PrivacyState.open(tmp_path / "state", "node-1", node.train), node, source, PRIVACY, 8.0, seed=1)
+    assert len(state.ledger) == 1  # the recorded teacher again: nothing charged twice
+    other = load_or_train_teacher(node, tmp_path / "other.pt", seed=1, privacy=PRIVACY, mechanism_seed=1)
+    reopened = PrivacyState.open(tmp_path / "state", "node-1", node.train)
+    node_teacher(reopened, node, DPTrainedTeacher(other.model, other.mechanism), PRIVACY, 8.0, seed=1)
+    assert [e["kind"] for e in reopened.ledger.entries] == ["teacher", "teacher"]  # another teacher: charged too

@@ -96,7 +96,7 @@ def fed(tmp_path_factory: pytest.TempPathFactory) -> Federation:
     templates = {}
     for name in TRIO:
         templates[name] = root / "templates" / name
-        Node(node_config(partial, name, templates[name]), mechanism_seed=0)  # trains and charges its DP teacher
+        Node.from_config(node_config(partial, name, templates[name]), mechanism_seed=0)  # trains and charges its DP teacher
     return dataclasses.replace(partial, templates=templates)
 
 
@@ -160,7 +160,7 @@ def make_node(fed: Federation, probe: LabelledSet, tmp_path: Path) -> NodeFactor
     def make(name: str = "node-1", *, select: bool = True, **settings: Any) -> Node:
         state_dir = tmp_path / f"{name}-{next(copies)}"
         shutil.copytree(fed.templates[name], state_dir)
-        node = Node(node_config(fed, name, state_dir, **settings), mechanism_seed=0)
+        node = Node.from_config(node_config(fed, name, state_dir, **settings), mechanism_seed=0)
         assert [e["kind"] for e in node.state.entries()] == ["teacher"]
         if select:
             reply, status = node.handle(select_request(probe))
@@ -176,7 +176,7 @@ def shared_node(fed: Federation, probe: LabelledSet, tmp_path_factory: pytest.Te
     """node-1, selected for fedsa+, for tests that only send it requests it must refuse (they check it stays untouched)."""
     state_dir = tmp_path_factory.mktemp("shared") / "node-1"
     shutil.copytree(fed.templates["node-1"], state_dir)
-    node = Node(node_config(fed, "node-1", state_dir), mechanism_seed=0)
+    node = Node.from_config(node_config(fed, "node-1", state_dir), mechanism_seed=0)
     assert isinstance(node.handle(select_request(probe))[0], msg.SelectReply)
     return node
 
@@ -237,7 +237,7 @@ def test_a_round_the_nodes_configuration_does_not_allow_is_refused(shared_node: 
 
 def test_min_participants_is_the_nodes_own_setting(make_node: NodeFactory) -> None:
     default, strict = make_node(), make_node(min_participants=4)
-    assert (default.config.node.min_participants, strict.config.node.min_participants) == (3, 4)
+    assert (default.defence.min_participants, strict.defence.min_participants) == (3, 4)
     request = train_request()
 
     reason = refused(strict, request)
@@ -670,7 +670,7 @@ def test_an_invalid_round_config_is_refused_before_training(make_node: NodeFacto
 # ----------------------------------------------------------------------------------------------
 
 
-def test_a_node_whose_budget_is_spent_declines(make_node: NodeFactory, probe: LabelledSet) -> None:
+def test_a_node_whose_budget_is_spent_declines(fed: Federation, make_node: NodeFactory, probe: LabelledSet) -> None:
     node = make_node()  # calibrated for planned_rounds=2 after its teacher
     for number in (1, 2):
         only(node.handle(train_request(number=number)), sa.AdvertiseKeys)
@@ -690,7 +690,8 @@ def test_a_node_whose_budget_is_spent_declines(make_node: NodeFactory, probe: La
     assert (status.fits_next_round, status.rounds_trained, status.ledger_entries) == (False, 2, 3)
 
     # The ledger, not the process, holds the budget: restarted on the same state, the node still declines.
-    restarted = Node(node.config, mechanism_seed=0)
+    assert node.state is not None
+    restarted = Node.from_config(node_config(fed, "node-1", node.state.directory.parent), mechanism_seed=0)
     assert isinstance(restarted.handle(select_request(probe, 5))[0], msg.SelectReply)
     only(restarted.handle(train_request(number=5)), msg.Decline)
     assert Snapshot.of(restarted) == Snapshot.of(node) == spent
@@ -702,5 +703,5 @@ def test_a_node_whose_name_is_not_its_certificate_s_does_not_start(fed: Federati
     config = node_config(fed, "node-1", tmp_path / "state")
     impostor = dataclasses.replace(config, node=dataclasses.replace(config.node, name="node-2"))
     with pytest.raises(ConfigError, match=r"node.name is 'node-2' but this node's certificate .* is issued to 'node-1'"):
-        Node(impostor)
+        Node.from_config(impostor)
     assert not (tmp_path / "state").exists()  # refused before any state was opened or teacher trained

@@ -66,7 +66,7 @@ def setting(tmp_path_factory: pytest.TempPathFactory) -> Setting:
     neighbour = NodeData(d.name, d.task, LabelledSet(x, y, d.train.num_classes))
     records = {"D": d, "D'": neighbour}
     # One DP teacher and its ledger, as if both record sets had produced the same release.
-    Node(config(root, ca, certs, "D"), data=d, mechanism_seed=SEED)
+    Node.from_config(config(root, ca, certs, "D"), data=d, mechanism_seed=SEED)
     key = (root / "D" / KEY_FILE).read_bytes()
     shutil.copytree(root / "D", root / "D'")
     fingerprints = {k: records_fingerprint(key, v.train)[:FINGERPRINT_CHARS] for k, v in records.items()}
@@ -82,7 +82,7 @@ def config(root: Path, ca: Path, certs: dict[str, tuple[Path, Path]], which: str
 
 def node(setting: Setting, which: str) -> Node:
     """A node on `which` records; both start from the same ledger and teacher, with the same randomness."""
-    return Node(config(setting.root, setting.ca, setting.certs, which), data=setting.records[which],
+    return Node.from_config(config(setting.root, setting.ca, setting.certs, which), data=setting.records[which],
                 mechanism_seed=SEED, randomness=FixedRandomness(b"secagg-keys".ljust(32, b".")))
 
 
@@ -213,7 +213,9 @@ def test_the_masked_input_is_the_dp_release_masked_and_nothing_else(walks, setti
             n.teacher, n.data, n.settings, seed=0, objective=objective, mechanism_seed=SEED + 2,
             ledger_history=n.state.teacher_history(), teacher_history=n.state.teacher_history(),  # as at round 2
         ).train_round(STUDENT).update
-        client = SecAggClient(NAME, round_config(2), Credentials.from_pem(*n.tls.load()), FixedRandomness(b"secagg-keys".ljust(32, b".")))
+        cert, key = setting.certs[NAME]
+        credentials = Credentials.from_pem(setting.ca.read_bytes(), cert.read_bytes(), key.read_bytes())
+        client = SecAggClient(NAME, round_config(2), credentials, FixedRandomness(b"secagg-keys".ljust(32, b".")))
         own = client.advertise()  # the same keys as the walked node's; a fresh (randomised) ECDSA signature
         roster = walks[which]["roster"]
         client.share_keys(sa.Roster(tuple(own if ad.sender == NAME else ad for ad in roster.advertisements)))
