@@ -38,21 +38,46 @@ class Channel(Protocol):
         """Drop what `node` sent and nobody collected (answers of its previous process); returns how many."""
         ...
 
+    def begin_round(self, number: int) -> None:
+        """From now on answers to other rounds than `number` are dropped as they arrive (untagged ones kept)."""
+
+
+MAX_QUEUED = 32  # answers one node may have waiting; a round asks for a few at a time
+
 
 class Inbox:
     """What nodes sent, queued per node with the round each answers, taken out by type.
 
     Thread-safe: `put` may run on transport threads while `collect` waits on the round's thread.
-    A message of another type stays queued for a later collect; with a round given, answers to an
-    earlier round (late replies to a round that moved on) are dropped as they are met.
+    A message of another type stays queued for a later collect. Once a round has begun, an answer
+    tagged with another round is dropped on arrival (nothing is kept for a round that is not the
+    current one), and a node with MAX_QUEUED answers waiting has the next one dropped.
     """
 
     def __init__(self, condition: threading.Condition | None = None) -> None:
         self._cond = condition or threading.Condition()
         self._boxes: defaultdict[str, list[tuple[int, m.ClientMessage]]] = defaultdict(list)
+        self._round = 0
+
+    def begin_round(self, number: int) -> None:
+        with self._cond:
+            self._round = number
+            for node, box in self._boxes.items():
+                for tagged in [t for t in box if t[0] not in (0, number)]:
+                    log.info("discarding %s from node %r: answers round %d, now %d", type(tagged[1]).__name__, node,
+                             tagged[0], number)
+                    box.remove(tagged)
 
     def put(self, node: str, round_tag: int, message: m.ClientMessage) -> None:
         with self._cond:
+            if self._round and round_tag not in (0, self._round):
+                log.warning("dropped %s from node %r: it answers round %d, the current round is %d",
+                            type(message).__name__, node, round_tag, self._round)
+                return
+            if len(self._boxes[node]) >= MAX_QUEUED:
+                log.warning("dropped %s from node %r: %d of its answers are waiting already", type(message).__name__,
+                            node, MAX_QUEUED)
+                return
             self._boxes[node].append((round_tag, message))
             self._cond.notify_all()
 
@@ -135,3 +160,6 @@ class InMemoryChannel:
 
     def discard_inbox(self, node: str) -> int:
         return self._inbox.discard(node)
+
+    def begin_round(self, number: int) -> None:
+        self._inbox.begin_round(number)

@@ -110,6 +110,9 @@ class NodeSection:
     server_name: str | None = None
     poll_wait: float = field(default=5.0, metadata=_range(0.1, 60))
     rpc_timeout: float = field(default=120.0, metadata=_range(1, 3_600))
+    # How long the node keeps trying to reach an aggregator that went away (backing off up to 10 s between
+    # tries) before it gives up; an aggregator that comes back is joined again.
+    reconnect_timeout: float = field(default=300.0, metadata=_range(0, 86_400))
     # The smallest secure sum this node takes part in, whatever the aggregator asks: a sum over
     # fewer inputs says more about each (two reveal each other).
     min_participants: int = field(default=3, metadata=_range(3, 10_000))

@@ -173,6 +173,13 @@ class Node:
         """What the node says when it (re)connects: the privacy status its ledger gives."""
         return msg.Join(self._status())
 
+    def rejoin(self) -> msg.Join:
+        """A new aggregator process: forget the last one's run (method, selections, round in flight), keep the ledger."""
+        log.info("%s: the aggregator restarted; joining it again", self.name)
+        self.method, self.distiller, self.released, self._expected_state, self._score = None, None, (), {}, None
+        self._selected_round, self._secagg, self._update, self._round = 0, None, None, 0
+        return self.join()
+
     def respond(self, request: msg.ServerMessage) -> tuple[int, list[msg.ClientMessage]]:
         """The replies to one request, tagged with the round they answer (secagg stages: the round trained)."""
         answering = getattr(request, "round", self._round)
@@ -375,11 +382,16 @@ class Node:
 
 def serve(node: Node, config: NodeSection, tls: TlsFiles) -> None:
     """The node's side of a networked federation: dial the aggregator, join, answer until it says the run is over."""
-    with AggregatorClient(config.aggregator, tls, rpc_timeout=config.rpc_timeout, server_name=config.server_name) as client:
+    with AggregatorClient(config.aggregator, tls, rpc_timeout=config.rpc_timeout, server_name=config.server_name,
+                          reconnect_for=config.reconnect_timeout) as client:
         log.info("%s: connected to %s", node.name, config.aggregator)
         client.send(node.join())
+        known = 0
         while True:
             request = client.poll(wait=config.poll_wait)
+            if known and client.server_epoch != known:
+                client.send(node.rejoin())
+            known = client.server_epoch
             if isinstance(request, msg.Shutdown):
                 log.info("%s: aggregator ended the run: %s", node.name, request.reason)
                 return

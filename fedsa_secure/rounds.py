@@ -203,6 +203,7 @@ class Federation:
     def _round(self, number: int, present: set[str]) -> nn.Module | None:
         s = self.settings
         started = time.perf_counter()
+        self.channel.begin_round(number)
         present |= self._take_joins()
         if s.method == "fedsa" and (number - 1) % s.select_every == 0:
             self._select(number, sorted(present), full=True)
@@ -247,7 +248,7 @@ class Federation:
             if dropped := self.channel.discard_inbox(name):
                 log.info("%s rejoined: dropped %d queued answers of its previous process", name, dropped)
             if name in self.selected:
-                self.report(f"{name} restarted; its ledger says epsilon {join.status.epsilon:.3f}; it selects again")
+                self.report(f"{name} joined again; its ledger says epsilon {join.status.epsilon:.3f}; it selects again")
             self.selected.discard(name)
             self._record_status(name, join.status)
         return set(joined)

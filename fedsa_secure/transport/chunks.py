@@ -8,7 +8,7 @@ from fedsa_secure.errors import ProtocolError
 from fedsa_secure.proto import federation_pb2 as pb
 
 CHUNK_BYTES = 1 << 20  # 1 MiB, well under the 4 MiB default gRPC limit
-MAX_MESSAGE_BYTES = 1 << 30  # refuse to buffer more than 1 GiB for a single envelope
+MAX_MESSAGE_BYTES = 1 << 30  # refuse to buffer more than 1 GiB for a single envelope (the aggregator sets less)
 GRPC_MESSAGE_LIMIT = 4 * CHUNK_BYTES  # per gRPC message (one chunk plus framing)
 
 
@@ -20,15 +20,22 @@ def split(data: bytes, epoch: int = 0, sequence: int = 0) -> Iterator[pb.Chunk]:
 
 
 def join(chunks: Iterable[pb.Chunk], limit: int = MAX_MESSAGE_BYTES) -> tuple[bytes, pb.Chunk | None]:
-    """Concatenate chunk payloads; returns (data, first chunk or None if the stream was empty)."""
+    """Concatenate chunk payloads; returns (data, first chunk or None if the stream was empty).
+
+    At most `limit` bytes in at most as many chunks as `split` makes of them: a stream of tiny or
+    empty chunks is refused as early as one of oversized ones.
+    """
     parts: list[bytes] = []
     size = 0
     first: pb.Chunk | None = None
-    for chunk in chunks:
+    most = limit // CHUNK_BYTES + 2
+    for count, chunk in enumerate(chunks, start=1):
         if first is None:
             first = chunk
         size += len(chunk.data)
         if size > limit:
-            raise ProtocolError(f"message exceeds the {limit >> 20} MiB limit; send smaller tensors")
+            raise ProtocolError(f"message exceeds the {limit / (1 << 20):g} MiB limit; send smaller tensors")
+        if count > most:
+            raise ProtocolError(f"message arrives in more than {most} chunks; chunks must be {CHUNK_BYTES >> 20} MiB")
         parts.append(chunk.data)
     return b"".join(parts), first

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 import grpc
 
@@ -18,6 +20,7 @@ from fedsa_secure.transport.serde import decode_server, encode_client
 from fedsa_secure.transport.tls import TlsFiles
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLIENT_OPTIONS = [
     ("grpc.max_receive_message_length", chunks.GRPC_MESSAGE_LIMIT),
@@ -40,15 +43,16 @@ class AggregatorClient:
         rpc_timeout: float = 60.0,
         server_name: str | None = None,
         *,
-        poll_retries: int = 5,
+        reconnect_for: float = 30.0,
         retry_backoff: float = 0.5,
     ) -> None:
         ca, cert, key = tls.load()
         self.name = pki.common_name(cert)
         self._address = address
         self._rpc_timeout = rpc_timeout
-        self._poll_retries = poll_retries
+        self._reconnect_for = reconnect_for
         self._retry_backoff = retry_backoff
+        self.server_epoch = 0  # the aggregator process last heard from (a new one: the node must join it again)
         options = list(CLIENT_OPTIONS)
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
@@ -60,24 +64,15 @@ class AggregatorClient:
     def poll(self, wait: float = 5.0) -> m.ServerMessage:
         """Next message for this node, or Wait() if none arrived within `wait` seconds.
 
-        UNAVAILABLE (aggregator restarting, network blip) is retried with exponential backoff, a bounded
-        number of times; nothing is lost because the server keeps a message until the next poll acknowledges it.
+        Nothing is lost between polls: the server keeps a message until the next poll acknowledges it.
         """
         request = pb.PollRequest(wait_seconds=wait, ack_epoch=self._ack[0], ack_sequence=self._ack[1])
-        delay = self._retry_backoff
-        for attempt in range(self._poll_retries + 1):
-            try:
-                data, first = chunks.join(self._stub.Poll(request, timeout=wait + self._rpc_timeout))
-                break
-            except grpc.RpcError as err:
-                if err.code() != grpc.StatusCode.UNAVAILABLE or attempt == self._poll_retries:
-                    raise self._error(err, "poll", wait + self._rpc_timeout) from None
-                log.info("aggregator at %s unavailable, retrying in %.1fs", self._address, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
+        data, first = self._retrying("poll", wait + self._rpc_timeout,
+                                     lambda: chunks.join(self._stub.Poll(request, timeout=wait + self._rpc_timeout)))
         if first is None:
             raise TransportError(f"aggregator at {self._address} ended a poll without a message; is it shutting down?")
         message = decode_server(data)
+        self.server_epoch = first.epoch
         if first.sequence:
             self._ack = (first.epoch, first.sequence)
         return message
@@ -85,13 +80,24 @@ class AggregatorClient:
     def send(self, message: m.ClientMessage, round: int = 0) -> None:
         """Upload one message answering a request of `round`, streamed in chunks.
 
-        Not retried: the aggregator may already have it.
+        Retried while the aggregator is unreachable: a copy that did arrive is never taken twice
+        (the aggregator takes one answer of a kind per node and stage).
         """
         data = encode_client(message, round)
-        try:
-            self._stub.Send(chunks.split(data), timeout=self._rpc_timeout)
-        except grpc.RpcError as err:
-            raise self._error(err, "send", self._rpc_timeout) from None
+        self._retrying("send", self._rpc_timeout, lambda: self._stub.Send(chunks.split(data), timeout=self._rpc_timeout))
+
+    def _retrying(self, action: str, timeout: float, call: Callable[[], T]) -> T:
+        """`call()`, retried with exponential backoff while the aggregator is UNAVAILABLE, for up to `reconnect_for` s."""
+        delay, give_up = self._retry_backoff, time.monotonic() + self._reconnect_for
+        while True:
+            try:
+                return call()
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() + delay > give_up:
+                    raise self._error(err, action, timeout) from None
+                log.info("aggregator at %s unavailable, retrying %s in %.1fs", self._address, action, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
 
     def close(self) -> None:
         self._channel.close()

@@ -2,6 +2,8 @@
 
 Each node has an outbox (messages for it, delivered in order on its polls) and an inbox (messages it
 sent, taken out by `collect`). A node's identity is its client certificate's CN, never a message field.
+`Limits` bound what one node may hold at a time (uploads in flight, their size and duration, held
+polls), so a hostile or broken node cannot take the threads or the memory the others need.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from types import TracebackType
 
 import grpc
@@ -33,6 +36,16 @@ MAX_HOLD_SECONDS = 10.0  # longest a Poll is held open when nothing is queued
 _DEADLINE_MARGIN = 1.0  # answer a held Poll this long before the client's deadline
 _RESERVED_WORKERS = 2  # threads never used for held polls, so uploads are always served
 _WAIT = encode_server(m.Wait())
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one node may hold of the aggregator at a time."""
+
+    uploads: int = 2  # concurrent Send streams (a node sends one message at a time)
+    upload_bytes: int = 256 << 20  # one message, far above a masked update of a few million coordinates
+    upload_seconds: float = 120.0  # one Send stream, first byte to last
+    held_polls: int = 1  # Polls held open while nothing is queued
 
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", chunks.GRPC_MESSAGE_LIMIT),
@@ -54,6 +67,7 @@ class FederationServer:
         tls: TlsFiles,
         allowed_nodes: Collection[str] | None = None,
         max_workers: int = 16,
+        limits: Limits = Limits(),
     ) -> None:
         self._bind = bind
         self._tls = tls
@@ -69,6 +83,9 @@ class FederationServer:
         self._inbox = Inbox(self._cond)
         self._seen: set[str] = set()
         self._held = 0
+        self._limits = limits
+        self._held_by: defaultdict[str, int] = defaultdict(int)
+        self._uploading: defaultdict[str, int] = defaultdict(int)
         self._stopping = False
         self._denied_logged: set[str] = set()
         self._server: grpc.Server | None = None
@@ -135,6 +152,10 @@ class FederationServer:
         """Drop everything `node` sent that is still queued (answers of its previous process); returns how many."""
         return self._inbox.discard(node)
 
+    def begin_round(self, number: int) -> None:
+        """Answers to any other round than `number` are dropped from now on (channel.Inbox)."""
+        self._inbox.begin_round(number)
+
     def wait_for(self, nodes: Collection[str], timeout: float) -> set[str]:
         """Block until all `nodes` have polled at least once or `timeout` passes; return those seen."""
         wanted = set(nodes)
@@ -181,8 +202,9 @@ class FederationServer:
             if request.ack_epoch == self._epoch:  # the node has this message and everything before it
                 while box and box[0][0] <= request.ack_sequence:
                     box.popleft()
-            if not box and hold > 0 and self._held < self._max_held:
+            if not box and hold > 0 and self._held < self._max_held and self._held_by[node] < self._limits.held_polls:
                 self._held += 1
+                self._held_by[node] += 1
                 try:
                     deadline = time.monotonic() + hold
                     while not box and not self._stopping and context.is_active():
@@ -192,14 +214,26 @@ class FederationServer:
                         self._cond.wait(min(left, 0.5))
                 finally:
                     self._held -= 1
+                    self._held_by[node] -= 1
             # Peek, don't pop: the message stays queued until the node acknowledges it on its next poll.
             sequence, data = box[0] if box else (0, _WAIT)
         yield from chunks.split(data, self._epoch, sequence)
 
     def _receive(self, request_iterator: Iterator[pb.Chunk], context: grpc.ServicerContext) -> pb.SendAck:
         node = self._identify(context)
+        with self._cond:
+            busy = self._uploading[node] >= self._limits.uploads
+            if not busy:
+                self._uploading[node] += 1
+        if busy:
+            log.warning("refused an upload from node %r: %d of its uploads are in flight", node, self._limits.uploads)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                          f"node {node!r} has {self._limits.uploads} uploads in flight; send one message at a time")
+        timer = threading.Timer(self._limits.upload_seconds, context.cancel)  # unblocks a stream that stalls
+        timer.daemon = True
+        timer.start()
         try:
-            data, _ = chunks.join(request_iterator)
+            data, _ = chunks.join(request_iterator, self._limits.upload_bytes)
             round_tag, message = decode_client_tagged(data)
         except ProtocolError as exc:
             log.warning("malformed upload from node %r: %s", node, exc)
@@ -207,6 +241,14 @@ class FederationServer:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"malformed upload from node {node!r}: {exc}; check that node and aggregator run the same version",
             )
+        except grpc.RpcError:  # cancelled: the node stopped sending, or took longer than upload_seconds
+            log.warning("dropped an upload from node %r: not complete within %.0fs", node, self._limits.upload_seconds)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          f"upload not complete within {self._limits.upload_seconds:.0f}s")
+        finally:
+            timer.cancel()
+            with self._cond:
+                self._uploading[node] -= 1
         claimed = _claimed_senders(message)
         if claimed - {node}:
             context.abort(

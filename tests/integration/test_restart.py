@@ -45,10 +45,10 @@ class Federation:
             for name in ["aggregator", *NODES]
         }
 
-    def start_aggregator(self, run: str, rounds: int) -> tuple[subprocess.Popen, int]:
+    def start_aggregator(self, run: str, rounds: int, port: int = 0) -> tuple[subprocess.Popen, int]:
         run_dir = self.root / run
         config = write_toml(self.root / f"{run}-aggregator.toml", {
-            "aggregator": {"listen": "127.0.0.1:0", "run_dir": run_dir, "port_file": run_dir / "port",
+            "aggregator": {"listen": f"127.0.0.1:{port}", "run_dir": run_dir, "port_file": run_dir / "port",
                            "join_timeout": 120.0, "stage_timeout": 20.0},
             "federation": {"nodes": NODES, "method": "fedsa+", "dataset": "digits", "rounds": rounds},
             "tls": self.tls["aggregator"],
@@ -64,7 +64,7 @@ class Federation:
     def start_node(self, name: str, port: int, log_name: str) -> subprocess.Popen:
         config = write_toml(self.root / f"{log_name}.toml", {
             "node": {"name": name, "aggregator": f"127.0.0.1:{port}", "server_name": "aggregator",
-                     "state_dir": self.root / "nodes" / name},
+                     "state_dir": self.root / "nodes" / name, "reconnect_timeout": 120.0},
             "data": {"dataset": "digits", "seed": 0},
             "privacy": {"planned_rounds": PLANNED, "local_epochs": 1},
             "tls": self.tls[name],
@@ -116,7 +116,7 @@ def federation(tmp_path_factory):
 def test_the_killed_node_rejoins_with_the_epsilon_its_ledger_holds(federation):
     fed, at_kill, _ = federation
     log = fed.log("run1")
-    said = re.search(r"node-1 restarted; its ledger says epsilon ([0-9.]+)", log)
+    said = re.search(r"node-1 joined again; its ledger says epsilon ([0-9.]+)", log)
     assert said, log[-3000:]
     assert float(said.group(1)) == pytest.approx(at_kill[-1]["epsilon"], abs=5e-4)  # replayed, not restarted from 0
     replayed = (fed.root / "run1-node-1-restarted.log").read_text()
@@ -153,3 +153,26 @@ def test_a_second_run_continues_every_budget(federation):
         assert node["ledger_entries"] >= len(before)
     for name in NODES:  # run 2 only appended to run 1's ledgers
         assert fed.ledger(name)[: len(after_run1[name])] == after_run1[name]
+
+
+def test_nodes_outlive_their_aggregator_and_join_the_next_one(tmp_path):
+    """SIGKILL the aggregator mid-run; the nodes keep trying, join a new aggregator on the same address, and finish
+    its run with their ledgers continued."""
+    fed = Federation(tmp_path)
+    first, port = fed.start_aggregator("first", ROUNDS)
+    nodes = [fed.start_node(name, port, f"first-{name}") for name in NODES]
+    deadline = time.monotonic() + 300
+    while "round 1/" not in fed.log("first"):
+        assert first.poll() is None and time.monotonic() < deadline, fed.log("first")
+        time.sleep(0.1)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    before = {name: fed.ledger(name) for name in NODES}
+    second, _ = fed.start_aggregator("second", 2, port=port)
+    assert finish(second, nodes) == 0, fed.log("second")
+    assert all(node.returncode == 0 for node in nodes)  # every node saw the second run through, then left
+    summary = json.loads((tmp_path / "second" / "summary.json").read_text())
+    assert summary["rounds"] >= 1 and summary["history"][0]["survivors"]  # a round completed with the same nodes
+    for name in NODES:
+        after = fed.ledger(name)
+        assert after[: len(before[name])] == before[name] and sum(e["kind"] == "teacher" for e in after) == 1

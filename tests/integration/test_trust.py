@@ -57,7 +57,7 @@ def test_stranger_is_refused_and_aggregator_keeps_serving(aggregator):
     bundle = tmp_path / "bundle.pem"
     bundle.write_bytes(rogue_ca.read_bytes() + ca.read_bytes())
     stranger = AggregatorClient(f"127.0.0.1:{port}", TlsFiles(bundle, rogue_cert, rogue_cert_key), rpc_timeout=10,
-                                server_name="aggregator", poll_retries=1, retry_backoff=0.05)
+                                server_name="aggregator", reconnect_for=0.1, retry_backoff=0.05)
     with pytest.raises(TransportError):
         stranger.poll(wait=0.5)
     stranger.close()

@@ -174,7 +174,7 @@ def test_certificate_from_another_ca_is_refused_and_server_keeps_serving(
     server: tuple[FederationServer, str], keys: Pki
 ) -> None:
     srv, address = server
-    with connect(address, keys.rogue, poll_retries=1, retry_backoff=0.05) as rogue:
+    with connect(address, keys.rogue, reconnect_for=0.1, retry_backoff=0.05) as rogue:
         with pytest.raises(TransportError, match="cannot reach aggregator|TLS handshake") as info:
             rogue.poll(wait=0)
     assert address in str(info.value) and "certificate" in str(info.value)
@@ -188,7 +188,7 @@ def test_certificate_from_another_ca_is_refused_and_server_keeps_serving(
 def test_client_that_does_not_trust_the_server_gets_a_tls_hint(server: tuple[FederationServer, str], keys: Pki) -> None:
     _, address = server
     untrusting = TlsFiles(keys.rogue.ca_cert.parent / "rogue-ca" / "ca.pem", keys.rogue.cert, keys.rogue.key)
-    with connect(address, untrusting, poll_retries=0) as client:
+    with connect(address, untrusting, reconnect_for=0) as client:
         with pytest.raises(TransportError, match="TLS handshake .* failed.*federation CA"):
             client.poll(wait=0)
 
@@ -334,11 +334,11 @@ def test_unreachable_aggregator_is_reported_after_bounded_retries(keys: Pki) -> 
     srv = FederationServer("127.0.0.1:0", keys.server)
     port = srv.start()
     srv.stop(grace=0)  # the port is now known to be closed
-    with connect(f"127.0.0.1:{port}", keys.nodes["node-1"], poll_retries=2, retry_backoff=0.05) as node:
+    with connect(f"127.0.0.1:{port}", keys.nodes["node-1"], reconnect_for=0.5, retry_backoff=0.05) as node:
         start = time.monotonic()
         with pytest.raises(TransportError, match=f"cannot reach aggregator at 127.0.0.1:{port}: is it running"):
             node.poll(wait=0)
-        assert 0.14 <= time.monotonic() - start < 5.0  # two backoffs: 0.05 + 0.1
+        assert 0.3 <= time.monotonic() - start < 5.0  # backoffs of 0.05, 0.1 and 0.2 s fit in 0.5 s, the next does not
 
 
 def test_server_refuses_to_queue_for_unknown_nodes_or_wrong_direction(server: tuple[FederationServer, str]) -> None:

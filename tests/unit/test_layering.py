@@ -47,3 +47,14 @@ def test_fedsa_is_free_of_transport():
 def test_no_pickle_anywhere():
     for path in PACKAGE.rglob("*.py"):
         assert "pickle" not in imports_of(path), path
+
+
+def test_the_public_api_is_importable_and_lazy():
+    import subprocess
+    import sys
+
+    code = ("import sys, fedsa_secure as f, fedsa_secure.config; assert 'torch' not in sys.modules; "
+            "assert sorted(f.__all__) == sorted(f._WHERE); [getattr(f, n) for n in f.__all__]; "
+            "assert f.Node.__module__ == 'fedsa_secure.node'")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
