@@ -13,6 +13,9 @@ The objects a program needs (the `fedsa-secure` command is a shell over them):
 - `run_federation`: a whole federation in this process, over the same rounds (`Federation`,
   `RoundSettings`) as the networked `run_aggregator`.
 - `DPSettings`: a node's budget and DP-SGD recipe.
+- `load_records`: a node's own records from an `.npz` (arrays `x`, `y`), checked, as `NodeData`;
+  `load_teacher_file`: an institution's own teacher (torch.export `.pt2` or TorchScript), tried on
+  those records, to wrap in a provenance.
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from typing import TYPE_CHECKING, Any
 _WHERE = {
     "run_aggregator": "aggregator",
     "AggregatorConfig": "config", "NodeConfig": "config", "load_aggregator_config": "config", "load_node_config": "config",
-    "LabelledSet": "data", "NodeData": "data",
+    "LabelledSet": "data", "NodeData": "data", "load_records": "data.records",
     "FedsaError": "errors",
     "DPSettings": "fedsa.distill",
     "DPTrainedTeacher": "fedsa.teacher", "NonPrivateTeacher": "fedsa.teacher", "PublicTeacher": "fedsa.teacher",
-    "TrainTeacher": "fedsa.teacher",
+    "TrainTeacher": "fedsa.teacher", "load_teacher_file": "fedsa.teacher",
     "run_federation": "inprocess",
     "Defence": "node", "Node": "node",
     "Federation": "rounds", "Outcome": "rounds", "RoundSettings": "rounds",
@@ -37,16 +40,17 @@ _WHERE = {
 __all__ = [
     "AggregatorConfig", "DPSettings", "DPTrainedTeacher", "Defence", "Federation", "FedsaError", "LabelledSet", "Node",
     "NodeConfig", "NodeData", "NonPrivateTeacher", "Outcome", "PublicTeacher", "RoundSettings", "TrainTeacher",
-    "load_aggregator_config", "load_node_config", "run_aggregator", "run_federation",
+    "load_aggregator_config", "load_node_config", "load_records", "load_teacher_file", "run_aggregator", "run_federation",
 ]
 
 if TYPE_CHECKING:
     from fedsa_secure.aggregator import run_aggregator
     from fedsa_secure.config import AggregatorConfig, NodeConfig, load_aggregator_config, load_node_config
     from fedsa_secure.data import LabelledSet, NodeData
+    from fedsa_secure.data.records import load_records
     from fedsa_secure.errors import FedsaError
     from fedsa_secure.fedsa.distill import DPSettings
-    from fedsa_secure.fedsa.teacher import DPTrainedTeacher, NonPrivateTeacher, PublicTeacher, TrainTeacher
+    from fedsa_secure.fedsa.teacher import DPTrainedTeacher, NonPrivateTeacher, PublicTeacher, TrainTeacher, load_teacher_file
     from fedsa_secure.inprocess import run_federation
     from fedsa_secure.node import Defence, Node
     from fedsa_secure.rounds import Federation, Outcome, RoundSettings

@@ -14,13 +14,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedsa_secure import messages as msg
 from fedsa_secure.config import AggregatorConfig, FederationSection
 from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.data import LabelledSet, aggregator_data, federation
-from fedsa_secure.errors import AbortRound
+from fedsa_secure.data.records import load_labelled
+from fedsa_secure.errors import AbortRound, ConfigError
 from fedsa_secure.fedsa.compare import paired_accuracy_difference
 from fedsa_secure.fedsa.supervised import correct
 from fedsa_secure.files import atomic_torch_save, atomic_write
@@ -32,10 +34,31 @@ from fedsa_secure.transport.tls import TlsFiles
 
 
 def aggregator_sets(fed: FederationSection) -> tuple[LabelledSet, LabelledSet]:
-    """The student owner's (probe, test) sets for the configured dataset."""
+    """The student owner's (probe, test) sets: its own files, or those of the configured built-in dataset."""
+    if fed.probe is not None and fed.test is not None:
+        return own_sets(fed.probe, fed.test)
     if fed.dataset == "digits":
         return aggregator_data(fed.seed, fed.probe_per_class)
     return federation(fed.dataset).aggregator(fed.seed, fed.probe_budget)
+
+
+def dataset_name(fed: FederationSection) -> str:
+    """What the summary calls the student owner's data."""
+    return fed.dataset if fed.probe is None or fed.test is None else f"own ({fed.probe.name}, {fed.test.name})"
+
+
+def own_sets(probe_file: Path, test_file: Path) -> tuple[LabelledSet, LabelledSet]:
+    """The student owner's own probe and test files, checked to hold records of one shape and labels of one task."""
+    probe, test = load_labelled(probe_file, "probe"), load_labelled(test_file, "test")
+    if probe.x.shape[1:] != test.x.shape[1:]:
+        raise ConfigError(f"the probe file {probe_file} holds records of shape {list(probe.x.shape[1:])}, the test file "
+                          f"{test_file} of shape {list(test.x.shape[1:])}: both must hold records of the student's input")
+    classes = max(probe.num_classes, test.num_classes)
+    if len(np.unique(probe.y)) < classes:
+        missing = sorted(set(range(classes)) - set(probe.y.tolist()))
+        raise ConfigError(f"the probe file {probe_file} has no record of class(es) {missing}, which the test file "
+                          f"{test_file} holds: the student cannot learn a class it is never shown")
+    return LabelledSet(probe.x, probe.y, classes), LabelledSet(test.x, test.y, classes)
 
 
 def round_settings(config: AggregatorConfig) -> RoundSettings:
@@ -93,7 +116,7 @@ def _summary(config: AggregatorConfig, outcome: Outcome, probe: LabelledSet, tes
     difference = paired_accuracy_difference(hits, correct(outcome.scratch, test.x, test.y))
     return {
         "method": fed.method,
-        "dataset": fed.dataset,
+        "dataset": dataset_name(fed),
         "released": list(outcome.parts),
         "average_rounds": fed.average_rounds,
         "vector_length": int(flatten_state(backbone_state(outcome.student, outcome.parts)).size),
@@ -129,7 +152,7 @@ def _save(config: AggregatorConfig, outcome: Outcome, summary: dict[str, Any], r
         "accuracy": summary["student_accuracy"],
         "rounds": summary["rounds"],
         "average_rounds": config.federation.average_rounds,
-        "dataset": config.federation.dataset,
+        "dataset": dataset_name(config.federation),
         "seed": config.federation.seed,
     }
     atomic_write(run_dir / "student.json", json.dumps(metadata, indent=2))

@@ -74,6 +74,10 @@ class FederationSection:
     average_rounds: int = field(default=5, metadata=_range(1, 10_000))  # adapt the mean student of the last N rounds
     probe_per_class: int = field(default=5, metadata=_range(1, 100))  # digits only
     probe_budget: float | None = field(default=None, metadata=_range(0.0025, 0.10))  # mnist5k*; None: 0.01
+    # The student owner's own labelled records instead of the dataset's: .npz files with x (float images
+    # [N, 1, H, W], as the nodes' records) and y (labels 0..K-1 of the target task). Both or neither.
+    probe: Path | None = None
+    test: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,13 @@ class NodeSection:
 
 @dataclass(frozen=True)
 class DataSection:
+    """The node's records: its own `.npz` file (`records`), or its slice of a built-in `dataset`."""
+
     dataset: str = field(default="digits", metadata={"choices": DATASETS})
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
+    # An .npz with x (float images [N, 1, H, W], the shape of the aggregator's probe images) and y (labels
+    # 0..K-1 of the node's own task); when set, `dataset` is not used.
+    records: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -139,12 +148,35 @@ class PrivacySection:
     accountant: str = field(default="prv", metadata={"choices": ("prv", "rdp")})
 
 
+PROVENANCES = ("train", "dp", "public", "non-private")
+DP_RUN = ("noise_multiplier", "sample_rate", "steps", "max_grad_norm")  # what a `dp` teacher's ledger entry records
+
+
+@dataclass(frozen=True)
+class TeacherSection:
+    """The node's teacher: trained here on its records with DP-SGD (`train`), or a TorchScript `file` of the
+    institution's own model, whose provenance the node declares in its ledger before using it:
+    `dp` (trained with DP-SGD on these same records: the run below is charged), `public` (trained on data
+    outside these records: nothing to charge), `non-private` (trained on these records without DP: refused
+    unless `accept_non_private`, and then the report says first that these records are not protected)."""
+
+    provenance: str = field(default="train", metadata={"choices": PROVENANCES})
+    file: Path | None = None
+    accept_non_private: bool = False
+    # provenance "dp": the DP-SGD run that trained the file's weights on these records (Poisson sampling)
+    noise_multiplier: float | None = field(default=None, metadata=_range(0.01, 10_000))
+    sample_rate: float | None = field(default=None, metadata=_range(1e-9, 1))
+    steps: int | None = field(default=None, metadata=_range(1, 10**9))
+    max_grad_norm: float | None = field(default=None, metadata=_range(1e-9, 1e9))
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     node: NodeSection
     tls: TlsConfig
     data: DataSection = DataSection()
     privacy: PrivacySection = PrivacySection()
+    teacher: TeacherSection = TeacherSection()
     testing: TestingSection = TestingSection()
 
 
@@ -158,6 +190,10 @@ def load_aggregator_config(path: Path) -> AggregatorConfig:
             f"{path}: federation.cohort_size is {fed.cohort_size}; it must lie between "
             f"federation.min_cohort ({fed.min_cohort}) and the number of nodes ({len(fed.nodes)})"
         )
+    if (fed.probe is None) != (fed.test is None):
+        given, missing = ("probe", "test") if fed.probe is not None else ("test", "probe")
+        raise ConfigError(f"{path}: federation.{given} is set but federation.{missing} is not: the student owner's own "
+                          "records need both a probe file (to adapt the student) and a test file (to measure it)")
     if fed.probe_budget is not None and fed.dataset not in BUDGETED:
         raise ConfigError(
             f"{path}: federation.probe_budget applies to the {', '.join(BUDGETED)} datasets only; "
@@ -172,7 +208,25 @@ def load_aggregator_config(path: Path) -> AggregatorConfig:
 
 
 def load_node_config(path: Path) -> NodeConfig:
-    return _load(path, NodeConfig)
+    config = _load(path, NodeConfig)
+    teacher = config.teacher
+    given = [key for key in DP_RUN if getattr(teacher, key) is not None]
+    if teacher.provenance == "train" and teacher.file is not None:
+        raise ConfigError(f"{path}: teacher.file is set but teacher.provenance is 'train' (the node trains its own); "
+                          f"declare how the file's teacher was trained: {', '.join(PROVENANCES[1:])}")
+    if teacher.provenance != "train" and teacher.file is None:
+        raise ConfigError(f"{path}: teacher.provenance is {teacher.provenance!r}: set teacher.file to the TorchScript "
+                          "file of that teacher (torch.jit.save(torch.jit.script(model), path))")
+    if teacher.provenance == "dp" and len(given) != len(DP_RUN):
+        missing = [f"teacher.{key}" for key in DP_RUN if key not in given]
+        raise ConfigError(f"{path}: a 'dp' teacher is charged to the node's ledger by the DP-SGD run that trained it; "
+                          f"missing {', '.join(missing)}")
+    if teacher.provenance != "dp" and given:
+        raise ConfigError(f"{path}: teacher.{given[0]} describes a DP-SGD run, which only a 'dp' teacher has; "
+                          f"teacher.provenance is {teacher.provenance!r}")
+    if teacher.accept_non_private and teacher.provenance != "non-private":
+        raise ConfigError(f"{path}: teacher.accept_non_private applies to a 'non-private' teacher only")
+    return config
 
 
 def _load(path: Path, schema: type[T]) -> T:
@@ -206,7 +260,7 @@ def _build(schema: type[T], raw: Any, where: str, path: Path) -> T:
                 raise ConfigError(f"{path}: missing required key {key!r}")
             continue
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = _build(hint, raw[name], key, path)
         else:
             values[name] = _coerce(raw[name], hint, key, path, spec.metadata)

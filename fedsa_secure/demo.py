@@ -8,6 +8,7 @@ per-round progress and print the result table.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -119,6 +120,7 @@ def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
     logs = run_dir / "logs"
     logs.mkdir(exist_ok=True)
     processes: list[subprocess.Popen] = []
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` stops every party we started
     try:
         aggregator = _spawn(["aggregator", "--config", str(aggregator_toml)], logs / "aggregator.log", relay_stdout=True)
         processes.append(aggregator)
@@ -137,23 +139,30 @@ def run_demo(options: DemoOptions, echo: TextIO = sys.stdout) -> dict[str, Any]:
         for process in processes:
             if process.poll() is None:
                 process.kill()
+                process.wait()
+        signal.signal(signal.SIGTERM, previous)
     summary = json.loads((run_dir / "summary.json").read_text())
     # The privacy officer's report, from the ledgers the nodes wrote (`fedsa-secure audit` redoes it).
     report_json, report_html = write_report(run_dir)
+    report = json.loads(report_json.read_text())
     summary["report"] = str(report_html.resolve())
-    summary["privacy_verified"] = json.loads(report_json.read_text())["verdict"]["ok"]
+    summary["privacy_verified"] = report["verdict"]["ok"]
+    summary["guarantee"] = guarantee_line(report)
     return summary
 
 
-def guarantee_line(summary: dict[str, Any]) -> str:
-    """The run's privacy guarantee in one line, as the report states it first."""
-    nodes = [n for n in summary["nodes"] if n["epsilon"] is not None]
-    worst = max((n["epsilon"] for n in nodes), default=0.0)
-    delta = max((n["delta"] for n in nodes), default=0.0)
-    return (
-        f"guarantee: every node's records are ({worst:.2f}, {delta:.0e})-DP or better against everyone, the aggregator "
-        "included, for everything each node released (its teacher's training and every round); details in the report"
-    )
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def guarantee_line(report: dict[str, Any]) -> str:
+    """The audited guarantee in one line, as the report states it first."""
+    if not report["headline"]["holds"]:
+        return "privacy: NOT guaranteed as printed for every node; read the red items of the report first"
+    epsilons = [n["epsilon"] for n in report["nodes"] if n["epsilon"] is not None]
+    deltas = [n["delta"] for n in report["nodes"] if n["delta"] is not None]
+    return (f"privacy: every node's records at epsilon <= {max(epsilons, default=0.0):.2f}, delta {max(deltas, default=0.0):.0e}, "
+            "its teacher's training included, against everyone, the aggregator included (audited: report.html)")
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -163,7 +172,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"{'Scratch (probe labels only)':<34} {summary['scratch_accuracy']:>13.4f}",
         f"{summary['method'] + ' (DP + SecAgg + mTLS)':<34} {summary['student_accuracy']:>13.4f}",
         _difference_line(summary["student_minus_scratch"], summary["test_size"]),
-        guarantee_line(summary),
+        summary["guarantee"],
         "",
         f"{'node':<10} {'epsilon':>8} {'budget':>8} {'delta':>8} {'rounds trained':>15}",
     ]

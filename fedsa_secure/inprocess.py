@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from torch import nn
-
 from fedsa_secure.channel import InMemoryChannel
 from fedsa_secure.data import LabelledSet
+from fedsa_secure.fedsa.adapt import Adapted
 from fedsa_secure.node import Node
 from fedsa_secure.rounds import Federation, Outcome, RoundSettings
 
@@ -24,7 +23,7 @@ def run_federation(
     test: LabelledSet,
     settings: RoundSettings,
     *,
-    baseline: nn.Module | None = None,
+    baseline: Adapted | None = None,
     report: Callable[[str], None] = lambda line: None,
 ) -> Outcome:
     """Run `settings.rounds` rounds with `nodes` and return the adapted student and how it got there."""

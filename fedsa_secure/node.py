@@ -28,18 +28,29 @@ from torch import nn
 
 from fedsa_secure import messages as msg
 from fedsa_secure.checks import check_labels, check_maps, check_records, check_state
-from fedsa_secure.config import NodeConfig, NodeSection, PrivacySection
+from fedsa_secure.config import DP_RUN, NodeConfig, NodeSection, PrivacySection, TeacherSection
 from fedsa_secure.crypto import SYSTEM, Randomness
 from fedsa_secure.data import LabelledSet, NodeData, federation, task_input
+from fedsa_secure.data.records import load_records
 from fedsa_secure.errors import ConfigError, FedsaError, LedgerError, ProtocolError
-from fedsa_secure.fedsa.distill import DistillationPlan, DPDistiller, DPSettings, FeatureObjective, Objective
+from fedsa_secure.fedsa.distill import DistillationPlan, DPDistiller, DPSettings, FeatureObjective, Objective, feature_teacher
 from fedsa_secure.fedsa.nonprivate import PlainTrainer
 from fedsa_secure.fedsa.output_kd import OutputKDSettings, OutputObjective, fit_output_map
 from fedsa_secure.fedsa.saliency import gradcam_maps, transferability
 from fedsa_secure.fedsa.select_plus import output_transferability
-from fedsa_secure.fedsa.teacher import NonPrivateTeacher, TeacherPrivacy, TeacherSource, TrainTeacher, node_teacher
+from fedsa_secure.fedsa.teacher import (
+    DPTrainedTeacher,
+    NonPrivateTeacher,
+    PublicTeacher,
+    TeacherPrivacy,
+    TeacherSource,
+    TrainTeacher,
+    load_teacher_file,
+    node_teacher,
+)
 from fedsa_secure.models import ConvNet, backbone_state, make_teacher, state_digest
 from fedsa_secure.privacy.accounting import fits_budget
+from fedsa_secure.privacy.dpsgd import Mechanism
 from fedsa_secure.privacy.state import PrivacyState
 from fedsa_secure.secagg import messages as sa
 from fedsa_secure.secagg.client import SecAggClient
@@ -148,8 +159,13 @@ class Node:
         privacy = config.privacy
         settings = DPSettings(target_epsilon=privacy.target_epsilon, delta=privacy.delta, planned_rounds=privacy.planned_rounds,
                               local_epochs=privacy.local_epochs, accountant=privacy.accountant)
+        if data is None:
+            source = config.data
+            data = load_records(source.records, name) if source.records else federation(source.dataset).node(name, source.seed)
+        teacher, data = _teacher_source(config.teacher, data, settings)
         return cls(
-            name, data or federation(config.data.dataset).node(name, config.data.seed), settings, seed=config.data.seed,
+            name, data, settings, seed=config.data.seed, teacher=teacher,
+            accept_non_private_teacher=config.teacher.accept_non_private,
             state_dir=config.node.state_dir, teacher_share=privacy.teacher_share, credentials=Credentials.from_pem(ca, cert, key),
             defence=Defence(config.node.min_participants, config.node.min_threshold), mechanism_seed=mechanism_seed,
             randomness=randomness, dump_dir=config.testing.dump_dir,
@@ -264,8 +280,8 @@ class Node:
         images = check_records(request.probe_images, self.data.train.x.shape[1:], "SelectRequest.probe_images")
         maps = check_maps(request.student_maps, len(images), "SelectRequest.student_maps")
         if self._check_method("fedsa"):
-            self._start("fedsa", FeatureObjective(self.teacher, self.data, self.seed, arch=self.arch))
-        teacher_maps = gradcam_maps(self.teacher, task_input(self.data.task, images), size=maps.shape[-1])
+            self._start("fedsa", FeatureObjective(feature_teacher(self.teacher), self.data, self.seed, arch=self.arch))
+        teacher_maps = gradcam_maps(feature_teacher(self.teacher), task_input(self.data.task, images), size=maps.shape[-1])
         score = transferability(maps, teacher_maps)
         self._selected_round = request.round
         log.info("%s: round %d transferability %.4f (post-processing of the DP teacher)", self.name, request.round, score)
@@ -378,6 +394,21 @@ class Node:
             ledger_entries=head.entries if head is not None else 0,
             ledger_head=(head.head or "") if head is not None else "",
         )
+
+
+def _teacher_source(section: TeacherSection, data: NodeData, settings: DPSettings) -> tuple[TeacherSource, NodeData]:
+    """The teacher a config names, with the records relabelled to a teacher file's outputs."""
+    if section.file is None:
+        return TrainTeacher(), data
+    model, data = load_teacher_file(section.file, data)
+    if section.provenance == "public":
+        return PublicTeacher(model), data
+    if section.provenance == "non-private":
+        return NonPrivateTeacher(model), data
+    run = {key: getattr(section, key) for key in DP_RUN}  # all set: load_node_config checks it
+    mechanism = Mechanism(float(run["noise_multiplier"]), float(run["sample_rate"]), int(run["steps"]),
+                          float(run["max_grad_norm"]), settings.delta, settings.accountant)
+    return DPTrainedTeacher(model, mechanism), data
 
 
 def serve(node: Node, config: NodeSection, tls: TlsFiles) -> None:

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch import nn
 
 from fedsa_secure import messages as msg
 from fedsa_secure.channel import Channel
@@ -32,7 +31,7 @@ from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.crypto.rand import random_bytes
 from fedsa_secure.data import LabelledSet
 from fedsa_secure.errors import AbortRound, BudgetsExhausted, IntegrityError, ProtocolError
-from fedsa_secure.fedsa.adapt import DIGIT_ONLY, AdaptRecipe, adapt_tasks, scratch, task_accuracy
+from fedsa_secure.fedsa.adapt import DIGIT_ONLY, Adapted, AdaptRecipe, adapt_tasks, scratch, task_accuracy
 from fedsa_secure.fedsa.amalgamate import TailAverage, apply_update
 from fedsa_secure.fedsa.distill import FeatureObjective
 from fedsa_secure.fedsa.output_kd import OutputKDSettings
@@ -117,9 +116,9 @@ class RoundRecord:
 class Outcome:
     """What a run produced: the adapted student and how it got there."""
 
-    adapted: nn.Module
+    adapted: Adapted
     student: HeadedBackbone  # the amalgamated student, before adaptation
-    scratch: nn.Module  # the Scratch baseline it is compared with
+    scratch: Adapted  # the Scratch baseline it is compared with
     task_accuracy: dict[str, float]
     scratch_task_accuracy: dict[str, float]
     parts: tuple[str, ...]
@@ -147,7 +146,7 @@ class Federation:
         nodes: Iterable[str],
         *,
         trust_anchor: TrustAnchor | None = None,
-        baseline: nn.Module | None = None,
+        baseline: Adapted | None = None,
         report: Callable[[str], None] = print,
         checkpoints: Path | None = None,
         dump_dir: Path | None = None,
@@ -170,7 +169,7 @@ class Federation:
         self.probabilities: dict[str, float] = {}  # selection probability of each scored node
         self._heads_this_round: dict[str, dict[str, Any]] = {}
         self.stopped: str | None = None  # why the run ended before its last round, if it did
-        self.saliency_model: nn.Module | None = None  # the latest adapted student (fedsa's Grad-CAM needs a head)
+        self.saliency_model: Adapted | None = None  # the latest adapted student (fedsa's Grad-CAM needs a head)
 
     def run(self, present: set[str]) -> Outcome:
         """Every round with the nodes `present`, then the adapted student and its accuracy on the test set."""
@@ -182,7 +181,7 @@ class Federation:
                     f"{next(iter(scratch_accuracy.values())):.4f}")
         self.saliency_model = baseline  # Grad-CAM needs a trained head: Scratch before the first adaptation
         self._checkpoint(0)
-        adapted: nn.Module | None = None
+        adapted: Adapted | None = None
         for number in range(1, s.rounds + 1):
             try:
                 adapted_now = self._round(number, present)
@@ -196,11 +195,11 @@ class Federation:
         return Outcome(adapted, self.student, baseline, task_accuracy(adapted, self.test), scratch_accuracy, self.parts,
                        self.rounds, self.nodes, dict(self.scores), self.stopped, time.perf_counter() - started)
 
-    def _adapt(self) -> nn.Module:
+    def _adapt(self) -> Adapted:
         s = self.settings
         return adapt_tasks(self.tail.averaged(self.student), self.probe, s.seed, s.tasks, self.recipe)
 
-    def _round(self, number: int, present: set[str]) -> nn.Module | None:
+    def _round(self, number: int, present: set[str]) -> Adapted | None:
         s = self.settings
         started = time.perf_counter()
         self.channel.begin_round(number)

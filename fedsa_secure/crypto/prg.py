@@ -77,7 +77,7 @@ class KeystreamRows:
         self._used += 4 * count
         if self._used > _MAX_STREAM_BYTES:
             raise ValueError(f"a PRG stream holds at most {_MAX_STREAM_BYTES} bytes")
-        zeros, buffer, stride = memoryview(_ZEROS)[: 4 * count], memoryview(self._buffer), 4 * _CHUNK_WORDS
+        zeros, buffer, stride = memoryview(_ZEROS)[: 4 * count], memoryview(self._buffer.data), 4 * _CHUNK_WORDS
         for first in range(0, len(self._streams), self.ROWS):
             group = self._streams[first : first + self.ROWS]
             for row, expand in enumerate(group):

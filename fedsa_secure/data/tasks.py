@@ -23,6 +23,7 @@ TASK_CLASSES: dict[str, int] = {
     "unrelated-2": 10,
 }
 _SHUFFLE_SEEDS = {"unrelated": 0x5EED_F00D, "unrelated-2": 0x5EED_F00E}
+OWN_TASK = "own"  # the task of records a node brings itself (data.records): its labels as given, its inputs as they are
 # What the aggregator's student can be asked to predict (one head each) from a probe image's digit.
 TARGET_TASKS: dict[str, int] = {"digit": NUM_DIGITS, "parity": 2, "mod-3": 3}
 
@@ -49,6 +50,8 @@ def task_labels(task: str, digits: np.ndarray, random_key: list[int]) -> np.ndar
 
 def task_input(task: str, images: np.ndarray) -> np.ndarray:
     """Map raw images [N, 1, S, S] to what `task`'s teacher was trained on."""
+    if task == OWN_TASK:
+        return images
     if task not in TASK_CLASSES:
         raise ConfigError(f"unknown task {task!r}; allowed tasks: {', '.join(TASK_CLASSES)}")
     if task not in _SHUFFLE_SEEDS:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import cast
 
 import numpy as np
 import torch
@@ -85,7 +86,7 @@ class CentralObjective:
         with torch.no_grad():
             features = torch.cat([t.model.features(torch.from_numpy(task_input(t.data.task, t.data.train.x))) for t in teachers.values()])
         student = make_student(probe.num_classes, seed, arch)
-        side = tuple(features.shape[-2:])  # the teachers' grid, which the MLP's 4x4 maps are resized to
+        side = (int(features.shape[-2]), int(features.shape[-1]))  # the teachers' grid, which the MLP's 4x4 maps are resized to
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             translators = [Translator(student.feature_channels, t.model.feature_channels, side) for t in teachers.values()]
@@ -95,13 +96,14 @@ class CentralObjective:
 
     def per_sample_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
         x, soft, target_features, owner = batch
-        a = model.features(x)
-        loss = -(soft * F.log_softmax(model.head(model.head_input(a)), dim=1)).sum(dim=1)
+        proxy = cast(_CentralProxy, model)  # the proxy itself, or Opacus' wrapper, which forwards attributes to it
+        a = proxy.features(x)
+        loss = -(soft * F.log_softmax(proxy.head(proxy.head_input(a)), dim=1)).sum(dim=1)
         if self.feature_weight > 0:
             fitnets = torch.zeros_like(loss)
             for i in owner.unique().tolist():
                 rows = (owner == i).nonzero().squeeze(1)
-                mse = F.mse_loss(model.translators[i](a[rows]), target_features[rows], reduction="none")
+                mse = F.mse_loss(proxy.translators[i](a[rows]), target_features[rows], reduction="none")
                 fitnets = fitnets.index_put((rows,), mse.flatten(1).mean(dim=1))
             loss = loss + self.feature_weight * fitnets
         return loss

@@ -131,10 +131,10 @@ def merge_results(directories: list[Path]) -> tuple[dict, list[dict]]:
             raise ConfigError(f"--merge: the run {key} appears twice; merge grids with disjoint seeds or methods")
         seen.add(key)
     merged = dict(first)
-    for key in JOINABLE:
-        values = [value for grid in grids for value in grid.get(key, ())]
+    for field in JOINABLE:
+        values = [value for grid in grids for value in grid.get(field, ())]
         if values:
-            merged[key] = list(dict.fromkeys(values)) if key == "methods" else sorted(set(values))
+            merged[field] = list(dict.fromkeys(values)) if field == "methods" else sorted(set(values))
     return merged, records
 
 
@@ -187,10 +187,10 @@ def run_command(args: argparse.Namespace) -> int:
 
 def write_curve(directories: list[Path], out: Path) -> int:
     """curve.md and curve.png in `out` from the grids in `directories`."""
-    from fedsa_secure.experiment.curve import curve_points, format_curve, load_records, plot_curve
+    from fedsa_secure.experiment.curve import curve_points, format_curve, plot_curve, read_grid_runs
     from fedsa_secure.files import atomic_write
 
-    points, scratch = curve_points(load_records(directories))
+    points, scratch = curve_points(read_grid_runs(directories))
     if not points:
         raise ConfigError(f"--curve: no secure runs in {', '.join(map(str, directories))}")
     out.mkdir(parents=True, exist_ok=True)

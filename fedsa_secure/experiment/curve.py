@@ -37,7 +37,7 @@ class CurvePoint:
     gain_se: float
 
 
-def load_records(directories: list[Path]) -> list[dict]:
+def read_grid_runs(directories: list[Path]) -> list[dict]:
     """Every record of the grids' results.json; ConfigError naming a directory that has none."""
     records = []
     for directory in directories:
@@ -48,13 +48,21 @@ def load_records(directories: list[Path]) -> list[dict]:
     return records
 
 
+def _teacher_covered(record: dict) -> bool:
+    """Whether the run's epsilon covers the teachers; records written before that flag existed say it by
+    holding the DP teachers' epsilon (uncovered runs recorded none)."""
+    if "teacher_covered" in record:
+        return bool(record["teacher_covered"])
+    return record.get("teacher_epsilon") is not None
+
+
 def curve_points(records: list[dict]) -> tuple[list[CurvePoint], dict[int, float]]:
     """One point per (method, accounting, epsilon) of the secure records, and Scratch's accuracy per seed."""
     scratch = {r["seed"]: r["accuracy"] for r in records if r["method"] == "scratch"}
     groups: dict[tuple[str, str, float], dict[int, float]] = defaultdict(dict)
     for r in records:
         if r.get("secure") and r.get("dp_target_epsilon") is not None:
-            accounting = COVERED if r.get("teacher_covered", False) else UNCOVERED
+            accounting = COVERED if _teacher_covered(r) else UNCOVERED
             groups[(r["method"], accounting, float(r["dp_target_epsilon"]))][r["seed"]] = r["accuracy"]
     points = []
     for (method, accounting, epsilon), by_seed in sorted(groups.items()):

@@ -14,13 +14,11 @@ from dataclasses import asdict, dataclass
 from functools import cache, partial
 from pathlib import Path
 
-from torch import nn
-
 from fedsa_secure.data import LabelledSet, federation
 from fedsa_secure.experiment.baselines import Teachers, centralised_ka, transfer
 from fedsa_secure.experiment.simulation import federation_teachers, simulate, teacher_privacy
 from fedsa_secure.experiment.spec import CENTRAL_FEATURE_WEIGHT, FEDERATED, Grid
-from fedsa_secure.fedsa.adapt import AdaptRecipe, scratch, task_accuracy
+from fedsa_secure.fedsa.adapt import Adapted, AdaptRecipe, scratch, task_accuracy
 from fedsa_secure.fedsa.distill import DPSettings
 from fedsa_secure.files import write_json_atomic
 
@@ -57,7 +55,7 @@ class _Cell:
     test: LabelledSet
     teachers: Teachers  # trained without DP: plaintext arms and the baselines
     dp_teachers: Teachers | None  # trained with DP-SGD (the secure arms' nodes); None: no secure arms, or Grid.dp_teachers off
-    baseline: nn.Module  # this cell's Scratch model
+    baseline: Adapted  # this cell's Scratch model
 
 
 def run_grid(grid: Grid, out: Path, teacher_cache: Path, progress: Callable[[str], None]) -> list[dict]:

@@ -151,7 +151,7 @@ def plot_accuracy_over_rounds(records: list[dict], path: Path) -> Path:
             points = [(i, sum(v) / len(v)) for i, v in enumerate(zip(*runs)) if None not in v]
             axis.plot(*zip(*points), marker="o", label=label, linestyle="-" if "secure" in label else "--")
         for method, color in (("scratch", "black"), ("transfer", "grey"), ("centralised-ka", "darkgoldenrod")):
-            for arch, style in zip(archs or [None], BASELINE_STYLES):
+            for arch, style in zip(archs or [None], BASELINE_STYLES):  # type: ignore[list-item]
                 values = [r["accuracy"] for r in mine if r["method"] == method and arch in (None, r["arch"])]
                 if values:
                     axis.axhline(sum(values) / len(values), color=color, linestyle=style,

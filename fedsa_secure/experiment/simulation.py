@@ -23,14 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from fedsa_secure.channel import InMemoryChannel, Traffic
 from fedsa_secure.config import FederationSection, PrivacySection, SecAggConfig
 from fedsa_secure.crypto import FixedRandomness, sha256
 from fedsa_secure.data import FEDERATIONS, federation
 from fedsa_secure.data.tasks import TARGET_TASKS
-from fedsa_secure.fedsa.adapt import DIGIT_ONLY, AdaptRecipe
+from fedsa_secure.fedsa.adapt import DIGIT_ONLY, Adapted, AdaptRecipe
 from fedsa_secure.fedsa.distill import DPSettings
 from fedsa_secure.fedsa.output_kd import OutputKDSettings
 from fedsa_secure.fedsa.select_plus import TEMPERATURE
@@ -42,7 +41,7 @@ from fedsa_secure.fedsa.teacher import (
     TrainedTeacher,
     load_or_train_teacher,
 )
-from fedsa_secure.models import STUDENT_ARCHS, backbone_state, flatten_state
+from fedsa_secure.models import STUDENT_ARCHS, ConvNet, backbone_state, flatten_state
 from fedsa_secure.node import Node
 from fedsa_secure.privacy.accounting import epsilon_of
 from fedsa_secure.privacy.dpsgd import Mechanism
@@ -113,7 +112,7 @@ def _check_tasks(tasks: tuple[str, ...]) -> None:
         _check_choice("target task", task, tuple(TARGET_TASKS))
 
 
-def _node_teacher(trained: TrainedTeacher, private: bool) -> TeacherSource | nn.Module:
+def _node_teacher(trained: TrainedTeacher, private: bool) -> TeacherSource | ConvNet:
     """What a simulated node is given: a DP teacher with its mechanism, a non-private one it must accept, or a plain model."""
     if not private:
         return trained.model
@@ -139,7 +138,7 @@ def simulate(
     teacher_share: float = PrivacySection.teacher_share,
     selection: str | None = None,
     secagg: SecAggConfig | None = None,
-    baseline: nn.Module | None = None,
+    baseline: Adapted | None = None,
     eval_every: int = 1,
     arch: str = "cnn",
     target_tasks: tuple[str, ...] = DIGIT_ONLY,
@@ -243,7 +242,7 @@ def _teacher_epsilon(mechanism: Mechanism | None) -> float | None:
 def _overrides(cls: type, items: list[str]) -> dict:
     """Parse FIELD=VALUE strings into keyword arguments typed like `cls`'s defaults."""
     defaults = cls()
-    out = {}
+    out: dict[str, Any] = {}
     for item in items:
         key, _, value = item.partition("=")
         if not hasattr(defaults, key):

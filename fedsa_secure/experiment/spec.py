@@ -76,4 +76,4 @@ QUICK = Grid(datasets=("mnist5k",), budgets=(0.01,), methods=("scratch", "transf
 
 def with_overrides(grid: Grid, **overrides: object) -> Grid:
     """`grid` with the given fields replaced where the value is not None."""
-    return replace(grid, **{k: v for k, v in overrides.items() if v is not None})
+    return replace(grid, **{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -31,7 +32,8 @@ from fedsa_secure.fedsa.supervised import accuracy
 from fedsa_secure.models import HeadedBackbone, MultiTaskModel, make_student
 
 DIGIT_ONLY = ("digit",)  # the default target: the probe's own labels, one head
-ProbeLoss = Callable[[object, torch.Tensor], torch.Tensor]  # (model output, labels of the batch) -> scalar loss
+ProbeLoss = Callable[[Any, torch.Tensor], torch.Tensor]  # (model output, labels of the batch) -> scalar loss
+Model = TypeVar("Model", bound=nn.Module)
 
 
 @dataclass(frozen=True)
@@ -68,15 +70,21 @@ class AdaptedEnsemble(nn.Module):
         self._channels = [m.feature_channels for m in members]
         self.feature_channels = sum(self._channels)
 
+    def _members(self) -> list[HeadedBackbone]:
+        return cast("list[HeadedBackbone]", list(self.members))  # ModuleList types its items as Module
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([m.features(x) for m in self.members], dim=1)
+        return torch.cat([m.features(x) for m in self._members()], dim=1)
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         parts = torch.split(features, self._channels, dim=1)
-        return torch.stack([m.classify(a) for m, a in zip(self.members, parts)]).mean(dim=0)
+        return torch.stack([m.classify(a) for m, a in zip(self._members(), parts)]).mean(dim=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([m(x) for m in self.members]).mean(dim=0)
+
+
+Adapted = HeadedBackbone | AdaptedEnsemble | MultiTaskModel  # a student adapted to the target tasks
 
 
 def _shifted_copies(x: torch.Tensor, max_shift: int) -> torch.Tensor:
@@ -89,8 +97,8 @@ def _shifted_copies(x: torch.Tensor, max_shift: int) -> torch.Tensor:
 
 
 def fit_probe(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, recipe: AdaptRecipe, seed: int, *, loss: ProbeLoss | None = None
-) -> nn.Module:
+    model: Model, x: np.ndarray, y: np.ndarray, recipe: AdaptRecipe, seed: int, *, loss: ProbeLoss | None = None
+) -> Model:
     """Train `model` in place with the recipe's optimiser and augmentation; deterministic in `seed`.
 
     `loss` defaults to cross-entropy with the recipe's label smoothing; `y` may hold one label
@@ -136,7 +144,7 @@ def _adapt_one(student: HeadedBackbone, probe: LabelledSet, seed: int, recipe: A
 
 def adapt(
     student: HeadedBackbone, probe: LabelledSet, seed: int, recipe: AdaptRecipe | None = None, *, epochs: int | None = None
-) -> nn.Module:
+) -> HeadedBackbone | AdaptedEnsemble:
     """A copy of `student` with a fresh head for the probe's task, fully fine-tuned on the probe set.
 
     Returns a student of `student`'s architecture, or an AdaptedEnsemble when `recipe.members > 1`; either way `model(x)` gives
@@ -158,7 +166,7 @@ def scratch(
     epochs: int | None = None,
     arch: str = "cnn",
     tasks: Sequence[str] = DIGIT_ONLY,
-) -> nn.Module:
+) -> Adapted:
     """The Scratch baseline: a fresh student of architecture `arch` trained on the probe set only, with the adaptation recipe.
 
     `tasks` as in `adapt_tasks`: a method and its Scratch baseline must predict the same tasks to be compared.
@@ -170,7 +178,7 @@ def scratch(
 
 def adapt_tasks(
     student: HeadedBackbone, probe: LabelledSet, seed: int, tasks: Sequence[str], recipe: AdaptRecipe | None = None
-) -> nn.Module:
+) -> Adapted:
     """`adapt` for the digit task alone, `adapt_multitask` (one head per task) for any other target tasks.
 
     The digit task alone keeps `adapt`, so single-task runs stay exactly as they were (ensembles
@@ -222,10 +230,9 @@ def adapt_multitask(
     labels = np.stack([target_labels(t, probe.y) for t in tasks], axis=1)
 
     def summed(out: dict[str, torch.Tensor], y: torch.Tensor) -> torch.Tensor:
-        return sum(
-            w * F.cross_entropy(out[t], y[:, i], label_smoothing=recipe.label_smoothing)
-            for i, (t, w) in enumerate(zip(tasks, weights))
-        )
+        losses = [w * F.cross_entropy(out[t], y[:, i], label_smoothing=recipe.label_smoothing)
+                  for i, (t, w) in enumerate(zip(tasks, weights))]
+        return torch.stack(losses).sum()
 
     return fit_probe(multi, probe.x, labels, recipe, seed, loss=summed)
 

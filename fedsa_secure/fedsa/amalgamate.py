@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import copy
 from collections import deque
+from typing import TypeVar
 
 import numpy as np
 from torch import nn
 
 from fedsa_secure.models import backbone_state, flatten_state, load_backbone_state, unflatten_like
 from fedsa_secure.models.state import BACKBONE
+
+Model = TypeVar("Model", bound=nn.Module)
 
 
 def apply_update(student: nn.Module, summed_update: np.ndarray, parts: tuple[str, ...] = (BACKBONE,)) -> None:
@@ -45,12 +48,12 @@ class TailAverage:
         """Record the student after a round's amalgamation (not after a round that changed nothing)."""
         self._states.append(flatten_state(backbone_state(student, self.parts)))
 
-    def averaged(self, student: nn.Module) -> nn.Module:
+    def averaged(self, student: Model) -> Model:
         """A copy of `student` whose `parts` are the recorded mean; `student` itself if nothing is recorded."""
         if not self._states:
             return student
         template = backbone_state(student, self.parts)
-        mean = np.mean(np.stack(self._states), axis=0, dtype=np.float64).astype(np.float32)
+        mean = np.asarray(np.mean(np.stack(self._states), axis=0, dtype=np.float64), dtype=np.float32)
         average = copy.deepcopy(student)
         load_backbone_state(average, unflatten_like(mean, template), self.parts)
         return average

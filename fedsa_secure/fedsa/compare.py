@@ -18,7 +18,9 @@ from scipy.stats import binomtest
 CONFIDENCE = 0.95
 
 
-def paired_accuracy_difference(hits: Sequence[bool], reference_hits: Sequence[bool]) -> tuple[float, float, float]:
+def paired_accuracy_difference(
+    hits: Sequence[bool] | np.ndarray, reference_hits: Sequence[bool] | np.ndarray
+) -> tuple[float, float, float]:
     """(accuracy difference, low, high) of a model against a reference on the same test records.
 
     Two models that agree on every record differ by exactly 0 with the interval [0, 0].

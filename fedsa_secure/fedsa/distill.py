@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedsa_secure.data import NodeData, task_input
-from fedsa_secure.errors import BudgetExhausted, ConfigError
+from fedsa_secure.errors import BudgetExhausted, ConfigError, ProtocolError
 from fedsa_secure.models import (
     ConvNet,
     HeadedBackbone,
@@ -105,11 +105,27 @@ class _Proxy(nn.Module):
 class Objective(Protocol):
     """What a node trains its proxy for: the proxy, per-record tensors (images first), the loss, the released parts."""
 
-    module: nn.Module
-    tensors: tuple[torch.Tensor, ...]
-    released: tuple[str, ...]  # top-level submodules of `module` whose delta leaves the node
+    @property
+    def module(self) -> nn.Module: ...
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]: ...
+
+    @property
+    def released(self) -> tuple[str, ...]:  # top-level submodules of `module` whose delta leaves the node
+        ...
 
     def per_sample_loss(self, model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor: ...
+
+
+def feature_teacher(teacher: nn.Module) -> ConvNet:
+    """`teacher`, if it has the feature maps that FitNets and Grad-CAM need; a teacher given as a file has outputs only."""
+    if not isinstance(teacher, ConvNet):
+        raise ProtocolError(
+            f"this node's teacher ({type(teacher).__name__}, given as a file) has outputs only, no feature maps: it takes "
+            "part in fedsa+ (output distillation), not in fedsa (feature distillation and Grad-CAM)"
+        )
+    return teacher
 
 
 def seeded_translator(student: HeadedBackbone, teacher: ConvNet, teacher_side: tuple[int, int], seed: int) -> Translator:
@@ -180,7 +196,7 @@ class DPDistiller:
 
     def __init__(
         self,
-        teacher: ConvNet,
+        teacher: nn.Module,
         node: NodeData,
         settings: DPSettings,
         seed: int,
@@ -192,7 +208,7 @@ class DPDistiller:
     ) -> None:
         self.settings = settings
         self._rounds_trained = 0
-        self._objective = objective or FeatureObjective(teacher, node, seed)
+        self._objective = objective or FeatureObjective(feature_teacher(teacher), node, seed)
         proxy = self._objective.module
         self.plan = DistillationPlan.make(len(self._objective.tensors[0]), settings, teacher_history)
         if settings.optimizer == "adam":

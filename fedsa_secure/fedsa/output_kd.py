@@ -23,9 +23,9 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from fedsa_secure.data import LabelledSet, NodeData, task_input
-from fedsa_secure.fedsa.distill import seeded_translator
+from fedsa_secure.fedsa.distill import feature_teacher, seeded_translator
 from fedsa_secure.fedsa.select_plus import teacher_logits
-from fedsa_secure.models import ConvNet, HeadedBackbone, Translator, make_student
+from fedsa_secure.models import HeadedBackbone, Translator, make_student
 
 # Inverse L2 strength of the map. Measured on MNIST-5k at 1% (seeds 0, 1): the argmax of the mapped
 # outputs on a class-subset teacher's private records is right for 0.86-0.94 of them at C = 0.1,
@@ -48,7 +48,7 @@ class OutputMap:
         return out
 
 
-def fit_output_map(teacher: ConvNet, task: str, probe: LabelledSet, regularisation: float = MAP_C) -> OutputMap:
+def fit_output_map(teacher: nn.Module, task: str, probe: LabelledSet, regularisation: float = MAP_C) -> OutputMap:
     """Node side: fit the teacher-logits -> target-label map on the probe set (the aggregator's data, sent to the node)."""
     lr = LogisticRegression(C=regularisation, max_iter=5000)
     lr.fit(teacher_logits(teacher, task, probe.x), probe.y)
@@ -87,7 +87,7 @@ class OutputObjective:
 
     def __init__(
         self,
-        teacher: ConvNet,
+        teacher: nn.Module,
         node: NodeData,
         output_map: OutputMap,
         seed: int,
@@ -102,10 +102,11 @@ class OutputObjective:
         translator = None
         tensors: tuple[torch.Tensor, ...] = (torch.from_numpy(node.train.x), soft)
         if self.settings.feature_weight > 0:
+            with_maps = feature_teacher(teacher)
             with torch.no_grad():
-                target = teacher.features(torch.from_numpy(inputs))
+                target = with_maps.features(torch.from_numpy(inputs))
             tensors += (target,)
-            translator = seeded_translator(student, teacher, tuple(target.shape[-2:]), seed)
+            translator = seeded_translator(student, with_maps, (int(target.shape[-2]), int(target.shape[-1])), seed)
         self.module = _OutputProxy(student, translator)
         self.tensors = tensors
         # The head is the target task's classifier: releasing it lets the aggregator start adaptation from it

@@ -8,14 +8,28 @@ round trip) and a constant map normalises to all ones instead of 0/0 = NaN.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 
-def gradcam_maps(model: nn.Module, images: np.ndarray, size: int | None = None) -> np.ndarray:
+class Explainable(Protocol):
+    """What Grad-CAM needs of a model: last-block maps from `features`, logits of those maps from `classify`."""
+
+    training: bool
+
+    def features(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor: ...
+
+    def train(self, mode: bool = True) -> object: ...
+
+    def eval(self) -> object: ...
+
+
+def gradcam_maps(model: Explainable, images: np.ndarray, size: int | None = None) -> np.ndarray:
     """Grad-CAM maps [N, size, size] float32 in [0, 1] of `model` on `images` for its top class.
 
     `model` must expose `features(x) -> A` and `classify(A) -> logits`. `size` defaults to the

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from fedsa_secure.data import LabelledSet, task_input
 from fedsa_secure.fedsa.logme import logme_significance
-from fedsa_secure.models import ConvNet
 
 # Scores are differences of z-scores. On MNIST-1D at 1% with DP teachers (seeds 0-2) the digit
 # teachers score 11-23, the parity teacher 3.6-5.4, mod-3 -0.1 to 3.4 and the unrelated ones -16 to
@@ -32,13 +32,13 @@ TEMPERATURE = 1.0
 
 
 @torch.no_grad()
-def teacher_logits(teacher: ConvNet, task: str, images: np.ndarray) -> np.ndarray:
+def teacher_logits(teacher: nn.Module, task: str, images: np.ndarray) -> np.ndarray:
     """The frozen teacher's logits [N, C_teacher] on raw images (mapped to its task's input)."""
     teacher.eval()
     return teacher(torch.from_numpy(task_input(task, images))).numpy().astype(np.float64)
 
 
-def output_transferability(teacher: ConvNet, task: str, probe: LabelledSet, initial: ConvNet | None = None) -> float:
+def output_transferability(teacher: nn.Module, task: str, probe: LabelledSet, initial: nn.Module | None = None) -> float:
     """Node side: how far the LogME of the teacher's logits on the probe lies above chance, in deviations, minus
     the same for `initial`, the network the teacher's training started from (higher: training taught it more)."""
     score = logme_significance(teacher_logits(teacher, task, probe.x), probe.y, probe.num_classes)

@@ -9,16 +9,17 @@ serves only the plaintext arms and the centralised baselines of experiments.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsa_secure.data import NodeData, task_input
-from fedsa_secure.errors import BudgetExhausted
+from fedsa_secure.data import LabelledSet, NodeData, task_input
+from fedsa_secure.errors import BudgetExhausted, ConfigError
 from fedsa_secure.fedsa.supervised import fit_classifier
 from fedsa_secure.files import atomic_torch_save
 from fedsa_secure.models import ConvNet, make_teacher, state_digest
@@ -111,7 +112,7 @@ def train_dp_teacher(
     return freeze(model)
 
 
-def _cross_entropy(model: nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
+def _cross_entropy(model: nn.Module, batch: Sequence[torch.Tensor]) -> torch.Tensor:
     return F.cross_entropy(model(batch[0]), batch[1], reduction="none")
 
 
@@ -165,7 +166,10 @@ def load_teacher(state_dict: dict[str, torch.Tensor], num_classes: int, seed: in
     return freeze(model)
 
 
-def freeze(model: ConvNet) -> ConvNet:
+Teacher = TypeVar("Teacher", bound=nn.Module)
+
+
+def freeze(model: Teacher) -> Teacher:
     """Evaluation mode, no gradients: the teacher never changes after training."""
     model.eval()
     for p in model.parameters():
@@ -183,9 +187,10 @@ class TrainTeacher:
 @dataclass(frozen=True)
 class DPTrainedTeacher:
     """Provenance `dp`: trained elsewhere with DP-SGD on these same records; the node charges `mechanism` to its
-    ledger before using it (experiments share one seed's teachers across methods this way)."""
+    ledger before using it (experiments share one seed's teachers across methods this way). Any module that maps
+    a batch of records to logits."""
 
-    model: ConvNet
+    model: nn.Module
     mechanism: Mechanism
 
 
@@ -193,7 +198,7 @@ class DPTrainedTeacher:
 class PublicTeacher:
     """Provenance `public`: trained on data outside the protected records; the ledger declares it and charges nothing."""
 
-    model: ConvNet
+    model: nn.Module
 
 
 @dataclass(frozen=True)
@@ -201,16 +206,65 @@ class NonPrivateTeacher:
     """Provenance `non-private`: trained on these records without DP. The records are then not protected; a node
     takes it only when told to accept that, and the report says so first, in red."""
 
-    model: ConvNet
+    model: nn.Module
 
 
 TeacherSource = TrainTeacher | DPTrainedTeacher | PublicTeacher | NonPrivateTeacher
+CHECK_RECORDS = 16  # records a teacher file is tried on before the node starts
+
+
+class ExportedTeacher(nn.Module):
+    """A teacher saved with torch.export (`.pt2`): its graph was fixed, in evaluation mode, when it was exported."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.program = torch.export.load(str(path)).module()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.program(x)
+        return logits
+
+    def train(self, mode: bool = True) -> ExportedTeacher:
+        if mode:
+            raise ValueError("a teacher loaded from a .pt2 file cannot be trained")
+        self.training = False  # an exported graph has no modes to switch (torch.export refuses .eval())
+        return self
+
+
+def load_teacher_file(path: Path, node: NodeData) -> tuple[nn.Module, NodeData]:
+    """An institution's own teacher, from a torch.export `.pt2` file or a TorchScript file, tried on the node's first
+    records, and the records relabelled with its number of outputs K. ConfigError naming the file if it does not
+    load, fails on the records, gives other than finite logits [N, K] with K >= 2, or predicts fewer classes than
+    the labels hold."""
+    try:
+        model = freeze(ExportedTeacher(path) if path.suffix == ".pt2" else torch.jit.load(str(path), map_location="cpu"))
+    except Exception as error:  # torch's loaders raise many kinds on a damaged or foreign file
+        raise ConfigError(f"teacher file {path} is not a {'torch.export' if path.suffix == '.pt2' else 'TorchScript'} "
+                          f"model ({type(error).__name__}: {error}); save it with torch.export.save(torch.export.export("
+                          "model, (example,)), 'teacher.pt2') or torch.jit.save(torch.jit.script(model), 'teacher.pt')") from None
+    sample = task_input(node.task, node.train.x[:CHECK_RECORDS])
+    try:
+        with torch.no_grad():
+            logits = model(torch.from_numpy(sample))
+    except Exception as error:  # whatever the institution's code raises on our records
+        raise ConfigError(f"teacher file {path} fails on this node's records (shape {list(sample.shape[1:])}): "
+                          f"{type(error).__name__}: {error}") from None
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != len(sample) or logits.shape[1] < 2:
+        got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"teacher file {path}: expected logits [{len(sample)}, K >= 2] for {len(sample)} records, got {got}")
+    if not torch.isfinite(logits).all():
+        raise ConfigError(f"teacher file {path} gives NaN or infinite logits on this node's records")
+    classes = int(logits.shape[1])
+    if node.train.num_classes > classes:
+        raise ConfigError(f"teacher file {path} predicts {classes} classes, but the records' labels go up to "
+                          f"{node.train.num_classes - 1}: give the labels of the teacher's own task")
+    return model, NodeData(node.name, node.task, LabelledSet(node.train.x, node.train.y, classes))
 
 
 def node_teacher(
     state: PrivacyState, node: NodeData, source: TeacherSource, privacy: TeacherPrivacy, target_epsilon: float, seed: int,
     *, mechanism_seed: int | None = None,
-) -> ConvNet:
+) -> nn.Module:
     """A node's DP teacher: the one its ledger recorded last if it is the one asked for, else the source's, charged first.
 
     The file must hold exactly the weights whose digest the ledger recorded. If it is missing or
@@ -220,15 +274,18 @@ def node_teacher(
     """
     if isinstance(source, PublicTeacher | NonPrivateTeacher):
         return _declared_teacher(state, source, target_epsilon)
-    classes = node.train.num_classes
     recorded = state.entries("teacher")
     if recorded:
-        model = _recorded_teacher(state.teacher_file, str(recorded[-1].get("teacher_sha256")), classes, seed)
-        wanted = None if isinstance(source, TrainTeacher) else state_digest(source.model.state_dict()).hex()
-        if model is not None and wanted in (None, recorded[-1].get("teacher_sha256")):
-            return model
+        digest = str(recorded[-1].get("teacher_sha256"))
+        if isinstance(source, TrainTeacher):
+            trained = _recorded_teacher(state.teacher_file, digest, node.train.num_classes, seed)
+            if trained is not None:
+                return trained
+        elif state_digest(source.model.state_dict()).hex() == digest:
+            return freeze(source.model)
         log.warning("%s: %s is missing or is not the teacher asked for (ledger entry %d); charging a teacher again",
-                    node.name, state.teacher_file, recorded[-1]["seq"])
+                    node.name, state.teacher_file if isinstance(source, TrainTeacher) else "the given teacher",
+                    recorded[-1]["seq"])
     mechanism = teacher_mechanism(len(node.train), privacy, source.recipe) if isinstance(source, TrainTeacher) else source.mechanism
     m = mechanism
     if not fits_budget(state.history(), m.noise_multiplier, m.sample_rate, m.steps, target_epsilon, m.delta, m.accountant):
@@ -237,18 +294,19 @@ def node_teacher(
             f"(epsilon {epsilon_of([(m.noise_multiplier, m.sample_rate, m.steps)], m.delta, m.accountant):.4g} on its own) "
             f"would exceed the budget {target_epsilon:g}"
         )
-    if isinstance(source, TrainTeacher):
-        model = train_dp_teacher(node, mechanism, seed, recipe=source.recipe, mechanism_seed=mechanism_seed)
-    else:
+    if not isinstance(source, TrainTeacher):  # its owner keeps the file; the ledger records which weights were charged
         model = freeze(source.model)
-    provenance = "train" if isinstance(source, TrainTeacher) else "dp"
-    state.charge("teacher", 0, mechanism, target_epsilon, teacher_sha256=state_digest(model.state_dict()).hex(),
-                 provenance=provenance)
-    atomic_torch_save(model.state_dict(), state.teacher_file, mode=0o600)  # the institution's model: its owner's only
-    return model
+        state.charge("teacher", 0, mechanism, target_epsilon, teacher_sha256=state_digest(model.state_dict()).hex(),
+                     provenance="dp")
+        return model
+    trained = train_dp_teacher(node, mechanism, seed, recipe=source.recipe, mechanism_seed=mechanism_seed)
+    state.charge("teacher", 0, mechanism, target_epsilon, teacher_sha256=state_digest(trained.state_dict()).hex(),
+                 provenance="train")
+    atomic_torch_save(trained.state_dict(), state.teacher_file, mode=0o600)  # the institution's model: its owner's only
+    return trained
 
 
-def _declared_teacher(state: PrivacyState, source: PublicTeacher | NonPrivateTeacher, target_epsilon: float) -> ConvNet:
+def _declared_teacher(state: PrivacyState, source: PublicTeacher | NonPrivateTeacher, target_epsilon: float) -> nn.Module:
     """A teacher that costs nothing to charge: its provenance is declared in the ledger once, before it is used."""
     model = freeze(source.model)
     provenance = "public" if isinstance(source, PublicTeacher) else "non-private"

@@ -28,7 +28,9 @@ class MultiTaskModel(nn.Module):
         """The head that predicts `task`."""
         if task not in self.tasks:
             raise ValueError(f"no head for task {task!r}; this model predicts {self.tasks}")
-        return self.student.head if task == self.tasks[0] else self.extra_heads[task]
+        head = self.student.head if task == self.tasks[0] else self.extra_heads[task]
+        assert isinstance(head, nn.Linear)
+        return head
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.student.features(x)

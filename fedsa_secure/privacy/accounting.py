@@ -113,7 +113,7 @@ def _root(excess: Callable[[float], float], start: float, tolerance: float) -> f
 
 def extend_history(history: History, noise_multiplier: float, sample_rate: float, steps: int) -> History:
     """`history` followed by `steps` more steps of one mechanism, merged like `IAccountant.step`."""
-    out = [tuple(h) for h in history]
+    out: History = [(float(s), float(q), int(n)) for s, q, n in history]
     if out and out[-1][0] == noise_multiplier and out[-1][1] == sample_rate:
         sigma, q, n = out.pop()
         out.append((sigma, q, n + steps))
@@ -160,6 +160,7 @@ def _rdp_per_step(noise_multiplier: float, sample_rate: float) -> np.ndarray:
     rdp = opacus_rdp.compute_rdp(
         q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS
     )
+    rdp = np.asarray(rdp, dtype=np.float64)
     rdp.flags.writeable = False  # cached: shared by every caller
     return rdp
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from fedsa_secure.config import load_node_config
 from fedsa_secure.data import NodeData, federation
+from fedsa_secure.data.records import load_records
 from fedsa_secure.errors import LedgerError
 from fedsa_secure.privacy.crosscheck import histories
 from fedsa_secure.privacy.empirical import canary_audit
@@ -93,7 +94,7 @@ def empirical_audit(run_dir: Path | None, ledgers: dict[str, Path] | None) -> di
 
 
 def _node_records(run_dir: Path | None, name: str) -> NodeData:
-    """The node's records, from the dataset and seed of its config in the run directory."""
+    """The node's records, as its config in the run directory names them (its own file, or a built-in dataset)."""
     config = run_dir / "config" / f"{name}.toml" if run_dir is not None else None
     if config is None or not config.exists():
         raise LedgerError(
@@ -101,7 +102,7 @@ def _node_records(run_dir: Path | None, name: str) -> NodeData:
             f"({config}); run it where the node's records are"
         )
     data = load_node_config(config).data
-    return federation(data.dataset).node(name, data.seed)
+    return load_records(data.records, name) if data.records else federation(data.dataset).node(name, data.seed)
 
 
 def format_text(report: dict[str, Any], written: tuple[Path, Path] | None) -> str:

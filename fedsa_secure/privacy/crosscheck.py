@@ -138,7 +138,7 @@ def _google_rdp_epsilon(history: tuple[tuple[float, float, int], ...], delta: fl
 def _google_rdp_per_step(sigma: float, q: float) -> np.ndarray:
     """One step's RDP at dp-accounting's default orders, from its own accountant (the expensive part)."""
     event = dp_event.PoissonSampledDpEvent(q, dp_event.GaussianDpEvent(sigma))
-    rdp = RdpAccountant(orders=RDP_ORDERS).compose(event).rdp
+    rdp = np.asarray(RdpAccountant(orders=RDP_ORDERS).compose(event).rdp, dtype=np.float64)
     rdp.flags.writeable = False  # cached: shared by every caller
     return rdp
 

@@ -87,6 +87,7 @@ class DPSGD:
             self._engine = PrivacyEngine(accountant=accountant, secure_mode=False)
         self._engine.accountant.history = [tuple(h) for h in history]
         self.module = module
+        self._model: nn.Module
         self._model, self._optimizer, self._loader = self._engine.make_private(
             module=module,
             optimizer=optimizer,
@@ -113,7 +114,7 @@ class DPSGD:
     @property
     def history(self) -> History:
         """The accountant's (noise_multiplier, sample_rate, steps) history, copied."""
-        return [tuple(h) for h in self._engine.accountant.history]  # type: ignore[misc]
+        return [(float(s), float(q), int(n)) for s, q, n in self._engine.accountant.history]
 
     @history.setter
     def history(self, history: History) -> None:
@@ -145,7 +146,7 @@ class DPSGD:
                         per_sample_loss(self._model, batch).sum().backward()
                     self._optimizer.step()
         self._optimizer.zero_grad(set_to_none=True)
-        steps = sum(n for _, _, n in self._engine.accountant.history) - steps_before
+        steps: int = sum(int(n) for _, _, n in self._engine.accountant.history) - steps_before
         if steps != epochs * self.steps_per_epoch:
             raise AssertionError(f"accountant saw {steps} steps, calibrated for {epochs * self.steps_per_epoch}")
         return steps

@@ -184,7 +184,7 @@ def _number(value: Any) -> float | None:
 
 
 def _node(name: str, path: Path, summary: dict[str, Any] | None, run_dir: Path | None) -> dict[str, Any]:
-    reported = next((n for n in (summary or {}).get("nodes", []) if n["name"] == name.split("/")[0]), {})
+    reported: dict[str, Any] = next((n for n in (summary or {}).get("nodes", []) if n["name"] == name.split("/")[0]), {})
     anchors = _anchors(name, path, summary, reported)
     entries, verification = verify_file(path, anchors)
     problems = [] if verification.ok else [f"ledger: {verification.reason}"]
@@ -359,7 +359,7 @@ def _target(entries: list[dict[str, Any]], reported: dict[str, Any]) -> float | 
 def _crosscheck_dict(check: Any) -> dict[str, Any] | None:
     if check is None:
         return None
-    data = check.as_dict()
+    data: dict[str, Any] = check.as_dict()
     data["figures"] = {k: _finite(v) for k, v in data["figures"].items()}
     data["largest_disagreement"] = _finite(data["largest_disagreement"])
     return data

@@ -196,7 +196,8 @@ def _selection_figure(rounds: list[dict[str, Any]]) -> Figure:
     figure, axis = plt.subplots(figsize=(7, 3.4))
     names = sorted({name for r in rounds for name in (r["probabilities"] or {})})
     for name in names:
-        axis.plot([r["round"] for r in rounds], [(r["probabilities"] or {}).get(name) for r in rounds], marker="o", label=name)
+        shares = [(r["probabilities"] or {}).get(name, math.nan) for r in rounds]
+        axis.plot([r["round"] for r in rounds], shares, marker="o", label=name)
     axis.set(xlabel="round", ylabel="selection probability", ylim=(0, 1))
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.legend(fontsize="small", loc="upper left")

@@ -58,7 +58,7 @@ class Packer:
             self._sink.write(b"\0")
             self._sink.seek(0)
         self._words = np.empty(-(-block * bits // 64), dtype="<u8")
-        self._bytes = memoryview(self._words.view(np.uint8))
+        self._bytes = memoryview(self._words.view(np.uint8).data)
 
     def append(self, values: np.ndarray) -> None:
         """Pack the next values.size uint32 values; every block but the last must hold a multiple of 64."""

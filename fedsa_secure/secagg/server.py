@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import numpy as np
 
@@ -247,11 +248,11 @@ class SecAggServer:
         seeds: list[SignedSeed] = []
         checks: dict[tuple[int, ...], tuple[int, ...]] = {}  # one random parity check per holder set
         for owner in request.survivors:
-            seed = self._recover(owner, True, checks, lambda secret: True)
+            seed = self._recover(owner, True, checks, _any_secret)
             seeds.append((self_mask_seed(seed, self._session), True))
         for owner in request.dropped:
             advertised = self._advertisements[owner].mask_public_key
-            mask_private = self._recover(owner, False, checks, lambda key, expected=advertised: public_from_private(key) == expected)
+            mask_private = self._recover(owner, False, checks, partial(_is_private_of, advertised))
             survivor_keys = {
                 k: self._advertisements[k].mask_public_key for k in self._graph[owner] & set(request.survivors)
             }
@@ -332,6 +333,16 @@ class SecAggServer:
             raise AbortRound(
                 f"round {self.config.round} aborted: only {count} nodes {what}; threshold is {self.config.threshold}"
             )
+
+
+def _any_secret(_: bytes) -> bool:
+    """A self-mask seed has no public counterpart to check a recovered secret against."""
+    return True
+
+
+def _is_private_of(public_key: bytes, private_key: bytes) -> bool:
+    """Whether a recovered mask key is the one whose public half the dropped node advertised."""
+    return public_from_private(private_key) == public_key
 
 
 class _BadResponder(Exception):

@@ -53,7 +53,7 @@ class AggregatorClient:
         self._reconnect_for = reconnect_for
         self._retry_backoff = retry_backoff
         self.server_epoch = 0  # the aggregator process last heard from (a new one: the node must join it again)
-        options = list(CLIENT_OPTIONS)
+        options: list[tuple[str, str | int]] = list(CLIENT_OPTIONS)
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
         credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)

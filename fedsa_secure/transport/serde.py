@@ -28,7 +28,8 @@ def encode_server(msg: m.ServerMessage) -> bytes:
 
 def decode_server(data: bytes) -> m.ServerMessage:
     """Parse an aggregator -> node message."""
-    return _decode(pb.ServerEnvelope(), _SERVER_DECODERS, data, "server")
+    message: m.ServerMessage = _decode(pb.ServerEnvelope(), _SERVER_DECODERS, data, "server")
+    return message
 
 
 def encode_client(msg: m.ClientMessage, round: int = 0) -> bytes:
@@ -88,7 +89,7 @@ def _encode(envelope: Any, encoders: dict[type, tuple[str, Callable[[Any, Any], 
     body = getattr(envelope, field)
     body.SetInParent()
     fill(body, msg)
-    return envelope.SerializeToString()
+    return bytes(envelope.SerializeToString())
 
 
 def _decode(envelope: Any, decoders: dict[str, Callable[[Any], Any]], data: bytes, side: str) -> Any:

@@ -112,7 +112,7 @@ class FederationServer:
         server.start()
         self._server = server
         log.info("aggregator listening on %s (port %d)", self._bind, port)
-        return port
+        return int(port)
 
     def stop(self, grace: float = 1.0) -> None:
         """Release held polls, then stop serving; in-flight calls get `grace` seconds to finish."""
@@ -176,7 +176,7 @@ class FederationServer:
                 grpc.StatusCode.UNAUTHENTICATED,
                 "client certificate has no single common name; use a certificate issued by the federation CA",
             )
-        node = names[0].decode("utf-8", "replace")
+        node: str = names[0].decode("utf-8", "replace")
         if self._allowed is not None and node not in self._allowed:
             if node not in self._denied_logged:
                 self._denied_logged.add(node)

@@ -36,6 +36,13 @@ def test_points_pair_each_secure_run_with_scratch_of_its_seed():
     assert f"| {UNCOVERED} | fedsa+ secure | – | 0.600" in table
 
 
+def test_records_from_before_the_coverage_flag_are_told_apart_by_their_teacher_epsilon():
+    older = [{k: v for k, v in r.items() if k != "teacher_covered"} for r in GRIDS["eps8"] if r["method"] == "fedsa+"]
+    dp_teachers = [{**r, "teacher_epsilon": 4.0} for r in older]
+    points, _ = curve_points(SCRATCH + dp_teachers + older)
+    assert sorted((p.accounting, p.seeds) for p in points) == [(COVERED, 3), (UNCOVERED, 3)]
+
+
 def test_the_command_writes_the_table_and_the_plot(tmp_path, capsys):
     dirs = []
     for name, records in GRIDS.items():

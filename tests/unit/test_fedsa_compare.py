@@ -36,6 +36,17 @@ def test_demo_table_shows_the_difference_and_its_interval():
         "scratch_accuracy": 0.9109, "student_accuracy": 0.9276,
         "student_minus_scratch": {"difference": 0.0167, "low": -0.012, "high": 0.046},
         "nodes": [{"name": "node-1", "epsilon": 7.2, "target_epsilon": 8.0, "delta": 1e-5, "rounds_trained": 4}],
+        "guarantee": "privacy: every node's records at epsilon <= 7.20",
     }
     table = format_table(summary)
+    assert "privacy: every node's records at epsilon <= 7.20" in table.splitlines()
     assert "student - Scratch: +1.7 points on these 359 test records (exact 95% interval -1.2 to +4.6;" in table
+
+
+def test_the_guarantee_line_says_what_the_audit_found():
+    from fedsa_secure.demo import guarantee_line
+
+    nodes = [{"epsilon": 7.99, "delta": 1e-5}, {"epsilon": 3.99, "delta": 1e-5}]
+    line = guarantee_line({"headline": {"holds": True}, "nodes": nodes})
+    assert line.startswith("privacy: every node's records at epsilon <= 7.99, delta 1e-05, its teacher's training included")
+    assert guarantee_line({"headline": {"holds": False}, "nodes": nodes}).startswith("privacy: NOT guaranteed")
