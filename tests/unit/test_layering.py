@@ -1,4 +1,4 @@
-"""The package seams of DESIGN.md section 6, enforced: who may import grpc, cryptography and torch."""
+"""The package seams of docs/design.md (section 6, Layout), enforced: who may import grpc, cryptography and torch."""
 
 import ast
 from pathlib import Path
