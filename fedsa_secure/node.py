@@ -30,8 +30,8 @@ from fedsa_secure import messages as msg
 from fedsa_secure.checks import check_labels, check_maps, check_records, check_state
 from fedsa_secure.config import DP_RUN, NodeConfig, NodeSection, PrivacySection, TeacherSection
 from fedsa_secure.crypto import SYSTEM, Randomness
-from fedsa_secure.data import LabelledSet, NodeData, federation, task_input
-from fedsa_secure.data.records import load_records
+from fedsa_secure.data import LabelledSet, NodeData, task_input
+from fedsa_secure.data.records import configured_records
 from fedsa_secure.errors import ConfigError, FedsaError, LedgerError, ProtocolError
 from fedsa_secure.fedsa.distill import DistillationPlan, DPDistiller, DPSettings, FeatureObjective, Objective, feature_teacher
 from fedsa_secure.fedsa.nonprivate import PlainTrainer
@@ -160,8 +160,7 @@ class Node:
         settings = DPSettings(target_epsilon=privacy.target_epsilon, delta=privacy.delta, planned_rounds=privacy.planned_rounds,
                               local_epochs=privacy.local_epochs, accountant=privacy.accountant)
         if data is None:
-            source = config.data
-            data = load_records(source.records, name) if source.records else federation(source.dataset).node(name, source.seed)
+            data = configured_records(name, config.data.records, config.data.dataset, config.data.seed)
         teacher, data = _teacher_source(config.teacher, data, settings)
         return cls(
             name, data, settings, seed=config.data.seed, teacher=teacher,
@@ -279,9 +278,10 @@ class Node:
         self._check_selection_round(request.round)
         images = check_records(request.probe_images, self.data.train.x.shape[1:], "SelectRequest.probe_images")
         maps = check_maps(request.student_maps, len(images), "SelectRequest.student_maps")
+        teacher = feature_teacher(self.teacher)
         if self._check_method("fedsa"):
-            self._start("fedsa", FeatureObjective(feature_teacher(self.teacher), self.data, self.seed, arch=self.arch))
-        teacher_maps = gradcam_maps(feature_teacher(self.teacher), task_input(self.data.task, images), size=maps.shape[-1])
+            self._start("fedsa", FeatureObjective(teacher, self.data, self.seed, arch=self.arch))
+        teacher_maps = gradcam_maps(teacher, task_input(self.data.task, images), size=maps.shape[-1])
         score = transferability(maps, teacher_maps)
         self._selected_round = request.round
         log.info("%s: round %d transferability %.4f (post-processing of the DP teacher)", self.name, request.round, score)

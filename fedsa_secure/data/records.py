@@ -10,6 +10,7 @@ import numpy as np
 
 from fedsa_secure.checks import MAX_CLASSES
 from fedsa_secure.data.digits import LabelledSet, NodeData
+from fedsa_secure.data.federations import federation
 from fedsa_secure.data.tasks import OWN_TASK
 from fedsa_secure.errors import ConfigError
 
@@ -20,6 +21,11 @@ def load_records(path: Path, name: str) -> NodeData:
     """Node `name`'s records: `load_labelled` of `path`, labelled for the node's own task (they train its DP teacher
     and never leave the node)."""
     return NodeData(name, OWN_TASK, load_labelled(path, "records"))
+
+
+def configured_records(name: str, records: Path | None, dataset: str, seed: int) -> NodeData:
+    """A node's records as its config's [data] names them: its own file if given, else its share of a built-in dataset."""
+    return load_records(records, name) if records is not None else federation(dataset).node(name, seed)
 
 
 def load_labelled(path: Path, what: str) -> LabelledSet:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from fedsa_secure.config import load_node_config
-from fedsa_secure.data import NodeData, federation
-from fedsa_secure.data.records import load_records
+from fedsa_secure.data import NodeData
+from fedsa_secure.data.records import configured_records
 from fedsa_secure.errors import LedgerError
 from fedsa_secure.privacy.crosscheck import histories
 from fedsa_secure.privacy.empirical import canary_audit
@@ -102,7 +102,7 @@ def _node_records(run_dir: Path | None, name: str) -> NodeData:
             f"({config}); run it where the node's records are"
         )
     data = load_node_config(config).data
-    return load_records(data.records, name) if data.records else federation(data.dataset).node(name, data.seed)
+    return configured_records(name, data.records, data.dataset, data.seed)
 
 
 def format_text(report: dict[str, Any], written: tuple[Path, Path] | None) -> str:
