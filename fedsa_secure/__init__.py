@@ -13,6 +13,9 @@ The objects a program needs (the `fedsa-secure` command is a shell over them):
 - `run_federation`: a whole federation in this process, over the same rounds (`Federation`,
   `RoundSettings`) as the networked `run_aggregator`.
 - `DPSettings`: a node's budget and DP-SGD recipe.
+- `Student`: a student from any `features` module and a linear head; `register_student(name, factory)` makes it
+  buildable by name in this process (a config names it as `module:function`; only the name and a digest of the
+  architecture travel, every party builds it from its own code).
 - `load_records`: a node's own records from an `.npz` (arrays `x`, `y`), checked, as `NodeData`;
   `load_teacher_file`: an institution's own teacher (torch.export `.pt2` or TorchScript), tried on
   those records, to wrap in a provenance.
@@ -35,12 +38,14 @@ _WHERE = {
     "TrainTeacher": "fedsa.teacher", "load_teacher_file": "fedsa.teacher",
     "run_federation": "inprocess",
     "Defence": "node", "Node": "node",
+    "Student": "models", "register_student": "models",
     "Federation": "rounds", "Outcome": "rounds", "RoundSettings": "rounds",
 }
 __all__ = [
     "AggregatorConfig", "DPSettings", "DPTrainedTeacher", "Defence", "Federation", "FedsaError", "LabelledSet", "Node",
-    "NodeConfig", "NodeData", "NonPrivateTeacher", "Outcome", "PublicTeacher", "RoundSettings", "TrainTeacher",
-    "load_aggregator_config", "load_node_config", "load_records", "load_teacher_file", "run_aggregator", "run_federation",
+    "NodeConfig", "NodeData", "NonPrivateTeacher", "Outcome", "PublicTeacher", "RoundSettings", "Student", "TrainTeacher",
+    "load_aggregator_config", "load_node_config", "load_records", "load_teacher_file", "register_student", "run_aggregator",
+    "run_federation",
 ]
 
 if TYPE_CHECKING:
@@ -52,6 +57,7 @@ if TYPE_CHECKING:
     from fedsa_secure.fedsa.distill import DPSettings
     from fedsa_secure.fedsa.teacher import DPTrainedTeacher, NonPrivateTeacher, PublicTeacher, TrainTeacher, load_teacher_file
     from fedsa_secure.inprocess import run_federation
+    from fedsa_secure.models import Student, register_student
     from fedsa_secure.node import Defence, Node
     from fedsa_secure.rounds import Federation, Outcome, RoundSettings
 

@@ -21,12 +21,12 @@ from fedsa_secure import messages as msg
 from fedsa_secure.config import AggregatorConfig, FederationSection
 from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.data import LabelledSet, aggregator_data, federation
-from fedsa_secure.data.records import load_labelled
+from fedsa_secure.data.records import Source, load_labelled
 from fedsa_secure.errors import AbortRound, ConfigError
 from fedsa_secure.fedsa.compare import paired_accuracy_difference
 from fedsa_secure.fedsa.supervised import correct
 from fedsa_secure.files import atomic_torch_save, atomic_write
-from fedsa_secure.models import backbone_state, flatten_state
+from fedsa_secure.models import backbone_state, flatten_state, use_student
 from fedsa_secure.plots import plot_progress
 from fedsa_secure.rounds import Federation, Outcome, RoundSettings
 from fedsa_secure.transport.server import FederationServer
@@ -44,19 +44,21 @@ def aggregator_sets(fed: FederationSection) -> tuple[LabelledSet, LabelledSet]:
 
 def dataset_name(fed: FederationSection) -> str:
     """What the summary calls the student owner's data."""
-    return fed.dataset if fed.probe is None or fed.test is None else f"own ({fed.probe.name}, {fed.test.name})"
+    if fed.probe is None or fed.test is None:
+        return fed.dataset
+    return "own ({}, {})".format(*(s.name if isinstance(s, Path) else s.spec for s in (fed.probe, fed.test)))
 
 
-def own_sets(probe_file: Path, test_file: Path) -> tuple[LabelledSet, LabelledSet]:
+def own_sets(probe_file: Source, test_file: Source) -> tuple[LabelledSet, LabelledSet]:
     """The student owner's own probe and test files, checked to hold records of one shape and labels of one task."""
     probe, test = load_labelled(probe_file, "probe"), load_labelled(test_file, "test")
     if probe.x.shape[1:] != test.x.shape[1:]:
-        raise ConfigError(f"the probe file {probe_file} holds records of shape {list(probe.x.shape[1:])}, the test file "
+        raise ConfigError(f"the probe set {probe_file} holds records of shape {list(probe.x.shape[1:])}, the test set "
                           f"{test_file} of shape {list(test.x.shape[1:])}: both must hold records of the student's input")
     classes = max(probe.num_classes, test.num_classes)
     if len(np.unique(probe.y)) < classes:
         missing = sorted(set(range(classes)) - set(probe.y.tolist()))
-        raise ConfigError(f"the probe file {probe_file} has no record of class(es) {missing}, which the test file "
+        raise ConfigError(f"the probe set {probe_file} has no record of class(es) {missing}, which the test set "
                           f"{test_file} holds: the student cannot learn a class it is never shown")
     return LabelledSet(probe.x, probe.y, classes), LabelledSet(test.x, test.y, classes)
 
@@ -68,7 +70,7 @@ def round_settings(config: AggregatorConfig) -> RoundSettings:
         method=fed.method, rounds=fed.rounds, cohort_size=fed.cohort_size, min_cohort=fed.min_cohort,
         select_every=fed.select_every, adapt_every=fed.adapt_every, average_rounds=fed.average_rounds, seed=fed.seed,
         clip=secagg.clip, level_bits=secagg.level_bits, threshold=config.threshold,
-        stage_timeout=config.aggregator.stage_timeout,
+        stage_timeout=config.aggregator.stage_timeout, arch=use_student(fed.student),
     )
 
 
@@ -146,7 +148,7 @@ def _save(config: AggregatorConfig, outcome: Outcome, summary: dict[str, Any], r
     atomic_torch_save(outcome.adapted.state_dict(), run_dir / "student.pt")
     metadata = {
         "method": config.federation.method,
-        "architecture": type(outcome.adapted).__name__,
+        "architecture": str(config.federation.student),
         "num_classes": probe.num_classes,
         "input_shape": list(probe.x.shape[1:]),
         "accuracy": summary["student_accuracy"],

@@ -18,7 +18,9 @@ MAX_CLASSES = 1_000  # target labels a probe may have
 
 
 def check_records(images: np.ndarray, record_shape: tuple[int, ...], what: str) -> np.ndarray:
-    """Between 1 and MAX_PROBE_RECORDS finite float records of `record_shape`, as float32."""
+    """Between 1 and MAX_PROBE_RECORDS finite float records of `record_shape`, as a fresh C-ordered float32 copy: torch
+    picks its kernels by strides (a size-1 channel's stride can read as channels-last), so the node computes the same
+    whether the array came over the wire or in memory."""
     if images.dtype.kind != "f" or images.shape[1:] != tuple(record_shape):
         raise ProtocolError(
             f"{what}: expected float records of shape {list(record_shape)}, got {images.dtype} {list(images.shape)}; "
@@ -28,7 +30,7 @@ def check_records(images: np.ndarray, record_shape: tuple[int, ...], what: str) 
         raise ProtocolError(f"{what}: expected 1 to {MAX_PROBE_RECORDS} records, got {len(images)}")
     if not np.isfinite(images).all():
         raise ProtocolError(f"{what}: contains NaN or infinite values")
-    return images.astype(np.float32, copy=False)
+    return np.array(images, dtype=np.float32, order="C")
 
 
 def check_labels(labels: np.ndarray, count: int, num_classes: int, what: str) -> np.ndarray:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from fedsa_secure.entry_points import PATTERN, EntryPoint, entry_point_or_path
 from fedsa_secure.errors import ConfigError
 
 T = TypeVar("T")
@@ -56,6 +57,7 @@ class AggregatorSection:
 DATASETS = ("digits", "mnist5k", "mnist5k-skew", "mnist1d")  # the names of fedsa_secure.data.FEDERATIONS
 BUDGETED = ("mnist5k", "mnist5k-skew", "mnist1d")  # the federations whose probe is set by a budget
 METHODS = ("fedsa", "fedsa+")  # faithful FedSA; ours: LogME selection and output distillation (issue 5)
+STUDENTS = ("cnn", "resnet", "mlp")  # the built-in student architectures (models.STUDENT_ARCHS), named without torch
 
 
 @dataclass(frozen=True)
@@ -74,10 +76,14 @@ class FederationSection:
     average_rounds: int = field(default=5, metadata=_range(1, 10_000))  # adapt the mean student of the last N rounds
     probe_per_class: int = field(default=5, metadata=_range(1, 100))  # digits only
     probe_budget: float | None = field(default=None, metadata=_range(0.0025, 0.10))  # mnist5k*; None: 0.01
-    # The student owner's own labelled records instead of the dataset's: .npz files with x (float images
-    # [N, 1, H, W], as the nodes' records) and y (labels 0..K-1 of the target task). Both or neither.
-    probe: Path | None = None
-    test: Path | None = None
+    # The student owner's own labelled records instead of the dataset's: .npz files with x (float records of the
+    # nodes' shape) and y (labels 0..K-1 of the target task), or `module:function` entry points returning (x, y).
+    # Both or neither.
+    probe: Path | EntryPoint | None = None
+    test: Path | EntryPoint | None = None
+    # The student: a built-in architecture or `module:function` returning a fedsa_secure.Student for a number of
+    # classes. The nodes build it from their own copy of that code (node.student): only its name and a digest travel.
+    student: str | EntryPoint = "cnn"
 
 
 @dataclass(frozen=True)
@@ -121,17 +127,22 @@ class NodeSection:
     # fewer inputs says more about each (two reveal each other).
     min_participants: int = field(default=3, metadata=_range(3, 10_000))
     min_threshold: int = field(default=3, metadata=_range(3, 10_000))
+    # The one student of the user's own code (`module:function`, as the aggregator's federation.student) that this node
+    # builds when asked; built-in architectures need nothing here. Nothing the aggregator sends is imported.
+    student: EntryPoint | None = None
 
 
 @dataclass(frozen=True)
 class DataSection:
-    """The node's records: its own `.npz` file (`records`), or its slice of a built-in `dataset`."""
+    """The node's records: its own (`records`), or its slice of a built-in `dataset`."""
 
     dataset: str = field(default="digits", metadata={"choices": DATASETS})
     seed: int = field(default=0, metadata=_range(0, 2**31 - 1))
-    # An .npz with x (float images [N, 1, H, W], the shape of the aggregator's probe images) and y (labels
-    # 0..K-1 of the node's own task); when set, `dataset` is not used.
-    records: Path | None = None
+    # An .npz with x (float records, one per row, of the aggregator's probe records' shape) and y (labels 0..K-1
+    # of the node's own task; optional with a teacher file, whose predictions then label them), or a
+    # `module:function` entry point called with the node's name that returns (x, y), x alone, or a torch Dataset
+    # of (x, y) pairs. When set, `dataset` is not used.
+    records: Path | EntryPoint | None = None
 
 
 @dataclass(frozen=True)
@@ -273,6 +284,8 @@ def _key(where: str, name: str) -> str:
 
 def _coerce(value: Any, hint: Any, key: str, path: Path, meta: Any) -> Any:
     args = typing.get_args(hint)
+    if EntryPoint in args:
+        return _code(value, [a for a in args if a is not type(None)], key, path)
     if isinstance(hint, types.UnionType) and type(None) in args:
         (hint,) = [a for a in args if a is not type(None)]
     origin = typing.get_origin(hint)
@@ -297,6 +310,20 @@ def _coerce(value: Any, hint: Any, key: str, path: Path, meta: Any) -> Any:
         if (lo is not None and value < lo) or (hi is not None and value > hi):
             raise ConfigError(f"{path}: {key!r} is {value!r}; allowed range: {lo} to {hi}")
     return value
+
+
+def _code(value: Any, kinds: list[Any], key: str, path: Path) -> str | Path | EntryPoint:
+    """A value naming the user's code (`module:function`), or else a built-in name (`str`) or a file (`Path`)."""
+    base = path.parent
+    if str in kinds and value in STUDENTS:
+        return str(value)
+    if Path in kinds and isinstance(value, str) and value:
+        return entry_point_or_path(value, base)
+    if isinstance(value, str) and PATTERN.match(value):
+        return EntryPoint(value, base)
+    allowed = [*(["one of " + ", ".join(STUDENTS)] if str in kinds else []), *(["a file path"] if Path in kinds else []),
+               "module:function (your code, in this config's directory or installed)"]
+    raise ConfigError(f"{path}: {key!r} is {value!r}; it must be {' or '.join(allowed)}")
 
 
 @dataclass(frozen=True)

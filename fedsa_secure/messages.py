@@ -13,12 +13,23 @@ from fedsa_secure.secagg import messages as sa
 
 
 @dataclass(frozen=True)
+class StudentArchitecture:
+    """The student the nodes build from their own code, by name: the digest of what it builds shows both sides built the
+    same network (models.architecture_digest), and each round's session binds it."""
+
+    name: str  # a built-in architecture or the `module:function` both configs name
+    num_classes: int  # of its head
+    digest: bytes  # SHA-256
+
+
+@dataclass(frozen=True)
 class SelectRequest:
     """Aggregator -> node: probe images and the student's Grad-CAM maps on them."""
 
     round: int
     probe_images: np.ndarray  # float32 [N, C, H, W]
     student_maps: np.ndarray  # float32 [N, h, w]
+    student: StudentArchitecture
 
 
 @dataclass(frozen=True)
@@ -30,9 +41,10 @@ class OutputSelectRequest:
     """
 
     round: int
-    probe_images: np.ndarray  # float32 [N, C, H, W]
+    probe_images: np.ndarray  # float32 [N, ...]: records of the nodes' shape
     probe_labels: np.ndarray  # int64 [N], in range(num_classes)
     num_classes: int  # the student's target labels
+    student: StudentArchitecture
 
 
 @dataclass(frozen=True)

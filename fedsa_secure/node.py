@@ -48,7 +48,16 @@ from fedsa_secure.fedsa.teacher import (
     load_teacher_file,
     node_teacher,
 )
-from fedsa_secure.models import ConvNet, backbone_state, make_teacher, state_digest
+from fedsa_secure.models import (
+    HeadedBackbone,
+    architecture_digest,
+    backbone_state,
+    make_teacher,
+    round_context,
+    state_digest,
+    student_names,
+    use_student,
+)
 from fedsa_secure.privacy.accounting import fits_budget
 from fedsa_secure.privacy.dpsgd import Mechanism
 from fedsa_secure.privacy.state import PrivacyState
@@ -89,20 +98,19 @@ class Node:
         *,
         seed: int = 0,
         state_dir: Path | None = None,
-        teacher: TeacherSource | ConvNet | None = None,
+        teacher: TeacherSource | HeadedBackbone | None = None,
         teacher_share: float = PrivacySection.teacher_share,
         accept_non_private_teacher: bool = False,
         credentials: Credentials | None = None,
         defence: Defence = Defence(),
         dp: bool = True,
-        arch: str = "cnn",
         kd: OutputKDSettings | None = None,
         mechanism_seed: int | None = None,
         randomness: Randomness = SYSTEM,
         dump_dir: Path | None = None,
     ) -> None:
         self.name, self.data, self.settings, self.seed = name, data, settings, seed
-        self.dp, self.arch, self.kd, self.defence = dp, arch, kd, defence
+        self.dp, self.kd, self.defence = dp, kd, defence
         self._credentials = credentials
         self._randomness = randomness
         self._mechanism_seed = None if mechanism_seed is None else mechanism_seed + 2
@@ -129,7 +137,8 @@ class Node:
                 raise ConfigError(f"{name}: a node without DP is given its (non-private) teacher")
             self.state, self.teacher, self.plan = None, teacher, None
             log.info("%s: NO DP: nothing this node releases is private (experiments' plaintext arm only)", name)
-        self.method: str | None = None  # fixed by the first selection request
+        self.method: str | None = None  # fixed by the first selection request, with the student's architecture
+        self.architecture: msg.StudentArchitecture | None = None
         self.distiller: DPDistiller | PlainTrainer | None = None
         self.released: tuple[str, ...] = ()
         self._expected_state: dict[str, tuple[int, ...]] = {}  # names and shapes of the parameters it trains
@@ -156,11 +165,14 @@ class Node:
                 f"node.name is {name!r} but this node's certificate ({config.tls.cert}) is issued to {certified!r}: "
                 "set node.name to the certificate's name, or use the certificate issued to this node"
             )
+        if config.node.student is not None:
+            use_student(config.node.student)  # the one student of its own code this node builds when asked
         privacy = config.privacy
         settings = DPSettings(target_epsilon=privacy.target_epsilon, delta=privacy.delta, planned_rounds=privacy.planned_rounds,
                               local_epochs=privacy.local_epochs, accountant=privacy.accountant)
         if data is None:
-            data = configured_records(name, config.data.records, config.data.dataset, config.data.seed)
+            data = configured_records(name, config.data.records, config.data.dataset, config.data.seed,
+                                      labelled_by_teacher=config.teacher.file is not None)
         teacher, data = _teacher_source(config.teacher, data, settings)
         return cls(
             name, data, settings, seed=config.data.seed, teacher=teacher,
@@ -192,6 +204,7 @@ class Node:
         """A new aggregator process: forget the last one's run (method, selections, round in flight), keep the ledger."""
         log.info("%s: the aggregator restarted; joining it again", self.name)
         self.method, self.distiller, self.released, self._expected_state, self._score = None, None, (), {}, None
+        self.architecture = None
         self._selected_round, self._secagg, self._update, self._round = 0, None, None, 0
         return self.join()
 
@@ -259,10 +272,24 @@ class Node:
         self._expected_state = {k: v.shape for k, v in backbone_state(objective.module, objective.released).items()}
         log.info("%s: running %s; releases %s", self.name, method, " + ".join(self.released))
 
-    def _check_method(self, method: str) -> bool:
-        """True if the method still has to be started; a switch mid-run is refused (the accountant spans the run)."""
-        if self.method is not None and self.method != method:
-            raise ProtocolError(f"{self.name} runs {self.method} for this whole run; the aggregator now asks for {method}")
+    def _check_method(self, method: str, student: msg.StudentArchitecture) -> bool:
+        """True if the method still has to be started; a switch of method or student mid-run is refused (the accountant
+        and the proxy span the run), and so is a student this node does not build or builds differently."""
+        if self.method is not None and (self.method, self.architecture) != (method, student):
+            raise ProtocolError(f"{self.name} runs {self.method} with student {self.architecture and self.architecture.name!r} "
+                                f"for this whole run; the aggregator now asks for {method} with {student.name!r}")
+        if self.method is None:
+            if student.name not in student_names():
+                raise ProtocolError(
+                    f"the aggregator asks for student {student.name!r}, which {self.name} does not build (it builds "
+                    f"{', '.join(student_names())}): name the same student in node.student as the aggregator's federation.student"
+                )
+            if architecture_digest(student.name, student.num_classes) != student.digest:
+                raise ProtocolError(
+                    f"student {student.name!r} as built by {self.name} differs from the aggregator's (their architecture "
+                    "digests differ): both parties need the same version of its code"
+                )
+            self.architecture = student
         return self.method is None
 
     def _check_selection_round(self, round_number: int) -> None:
@@ -279,8 +306,8 @@ class Node:
         images = check_records(request.probe_images, self.data.train.x.shape[1:], "SelectRequest.probe_images")
         maps = check_maps(request.student_maps, len(images), "SelectRequest.student_maps")
         teacher = feature_teacher(self.teacher)
-        if self._check_method("fedsa"):
-            self._start("fedsa", FeatureObjective(teacher, self.data, self.seed, arch=self.arch))
+        if self._check_method("fedsa", request.student):
+            self._start("fedsa", FeatureObjective(teacher, self.data, self.seed, arch=request.student.name))
         teacher_maps = gradcam_maps(teacher, task_input(self.data.task, images), size=maps.shape[-1])
         score = transferability(maps, teacher_maps)
         self._selected_round = request.round
@@ -293,12 +320,12 @@ class Node:
         where = "OutputSelectRequest"
         images = check_records(request.probe_images, self.data.train.x.shape[1:], f"{where}.probe_images")
         labels = check_labels(request.probe_labels, len(images), request.num_classes, f"{where}.probe_labels")
-        if self._check_method("fedsa+"):
+        if self._check_method("fedsa+", request.student):
             probe = LabelledSet(images, labels, request.num_classes)
-            initial = make_teacher(self.data.train.num_classes, self.seed)  # where its training started
+            initial = make_teacher(self.data.train.num_classes, self.seed, self.data.train.x.shape[1:])  # where training started
             self._score = output_transferability(self.teacher, self.data.task, probe, initial)
             output_map = fit_output_map(self.teacher, self.data.task, probe)
-            self._start("fedsa+", OutputObjective(self.teacher, self.data, output_map, self.seed, self.kd, arch=self.arch))
+            self._start("fedsa+", OutputObjective(self.teacher, self.data, output_map, self.seed, self.kd, arch=request.student.name))
             log.info("%s: LogME transferability %.4f (post-processing of the DP teacher)", self.name, self._score)
         assert self._score is not None
         self._selected_round = request.round
@@ -330,10 +357,11 @@ class Node:
         length = sum(int(np.prod(shape)) for shape in self._expected_state.values())
         if config.vector_length != length:
             raise ProtocolError(f"{where}: vector_length {config.vector_length}, but {self.method} releases {length} numbers")
-        if config.context != state_digest(request.student_state):
+        assert self.architecture is not None  # fixed with the method, before any training request is taken
+        if config.context != round_context(self.architecture.digest, state_digest(request.student_state)):
             raise ProtocolError(
-                f"{where}: the model sent is not the one the round's session binds (its digest differs from the "
-                "config's context); nodes sent different models must not complete a round together"
+                f"{where}: the model sent is not the one the round's session binds (its digest and the student's "
+                "architecture differ from the config's context); nodes sent different models must not complete a round together"
             )
 
     def _train(self, request: msg.TrainRequest) -> msg.ClientMessage:

@@ -30,15 +30,24 @@ from fedsa_secure.channel import Channel
 from fedsa_secure.crypto import TrustAnchor
 from fedsa_secure.crypto.rand import random_bytes
 from fedsa_secure.data import LabelledSet
-from fedsa_secure.errors import AbortRound, BudgetsExhausted, IntegrityError, ProtocolError
+from fedsa_secure.errors import AbortRound, BudgetsExhausted, ConfigError, IntegrityError, ProtocolError
 from fedsa_secure.fedsa.adapt import DIGIT_ONLY, Adapted, AdaptRecipe, adapt_tasks, scratch, task_accuracy
 from fedsa_secure.fedsa.amalgamate import TailAverage, apply_update
 from fedsa_secure.fedsa.distill import FeatureObjective
 from fedsa_secure.fedsa.output_kd import OutputKDSettings
-from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities
+from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, inclusion_probabilities, selection_probabilities
 from fedsa_secure.fedsa.select_plus import TEMPERATURE, concentrated_probabilities
 from fedsa_secure.files import atomic_torch_save
-from fedsa_secure.models import HeadedBackbone, backbone_state, flatten_state, make_student, state_digest
+from fedsa_secure.models import (
+    HeadedBackbone,
+    architecture_digest,
+    backbone_state,
+    check_student,
+    flatten_state,
+    make_student,
+    round_context,
+    state_digest,
+)
 from fedsa_secure.secagg import messages as sa
 from fedsa_secure.secagg.quantize import required_modulus_bits
 from fedsa_secure.secagg.server import SecAggServer
@@ -73,7 +82,7 @@ class RoundSettings:
     selection: str = "scores"  # of SELECTIONS
     temperature: float = TEMPERATURE  # fedsa+: how fast selection odds fall with the score (select_plus)
     top_k: int | None = None  # fedsa+: select only among the k best-scored nodes
-    arch: str = "cnn"
+    arch: str = "cnn"  # a built-in student architecture, or one registered (models.register_student) on every party
     tasks: tuple[str, ...] = DIGIT_ONLY
     recipe: AdaptRecipe = field(default_factory=AdaptRecipe)
 
@@ -110,6 +119,7 @@ class RoundRecord:
     aborted: str | None = None
     task_accuracy: dict[str, float] | None = None
     adapt_seconds: float = 0.0
+    inclusion: dict[str, float] = field(default_factory=dict)  # each able node's chance of being drawn into the cohort
 
 
 @dataclass
@@ -155,8 +165,15 @@ class Federation:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {settings.selection!r}")
         self.settings, self.probe, self.test, self.channel = settings, probe, test, channel
         self.report, self.anchor, self.checkpoints, self.dump_dir = report, trust_anchor, checkpoints, dump_dir
+        if settings.method == "fedsa" and probe.x.ndim != 4:
+            raise ConfigError(f"method fedsa compares Grad-CAM maps of images; these records have shape {list(probe.x.shape[1:])}: "
+                              "use method fedsa+")
+        check_student(settings.arch, probe.num_classes, probe.x)
+        self.architecture = msg.StudentArchitecture(settings.arch, probe.num_classes,
+                                                    architecture_digest(settings.arch, probe.num_classes))
         self.rng = np.random.default_rng(settings.seed)
         self.student = make_student(probe.num_classes, settings.seed, settings.arch)
+        self._inclusion: dict[str, float] = {}
         self.parts = released_parts(settings.method)
         self.tail = TailAverage(settings.average_rounds, self.parts)
         # fedsa+ amalgamates a target-task head: adaptation fine-tunes it instead of starting afresh.
@@ -232,7 +249,7 @@ class Federation:
             number, sorted(cohort), {n: float(self.probabilities[n]) for n in names}, survivors,
             None if accuracy is None else next(iter(accuracy.values())), time.perf_counter() - started,
             {n: r.epsilon for n, r in self.nodes.items()}, self._heads_this_round, aborted, accuracy,
-            time.perf_counter() - adapt_started,
+            time.perf_counter() - adapt_started, self._inclusion,
         )
         self._heads_this_round = {}
         self.rounds.append(record)
@@ -268,8 +285,10 @@ class Federation:
                 f"needs {size}; budget spent: {', '.join(spent) or 'none'}"
             )
         if s.selection == "uniform":
+            self._inclusion = dict.fromkeys(able, 1.0)
             return able
         probs = np.array([self.probabilities[n] for n in able])
+        self._inclusion = dict(zip(able, map(float, inclusion_probabilities(probs, size))))
         return draw_cohort(able, probs / probs.sum(), size, self.rng)
 
     def _select(self, number: int, names: list[str], *, full: bool) -> None:
@@ -283,10 +302,10 @@ class Federation:
         if self.settings.method == "fedsa":
             assert self.saliency_model is not None  # Scratch, set at the start of run()
             maps = gradcam_maps(self.saliency_model, probe.x)
-            request = msg.SelectRequest(round=number, probe_images=probe.x, student_maps=maps)
+            request = msg.SelectRequest(round=number, probe_images=probe.x, student_maps=maps, student=self.architecture)
         else:
             request = msg.OutputSelectRequest(round=number, probe_images=probe.x, probe_labels=probe.y,
-                                              num_classes=probe.num_classes)
+                                              num_classes=probe.num_classes, student=self.architecture)
         for name in names:
             self.channel.send(name, request)
         replies = self._gather(names, msg.SelectReply, number)
@@ -330,7 +349,8 @@ class Federation:
         """Send the student to the cohort, securely sum their unweighted updates, and add the survivors' mean to it."""
         started = time.perf_counter()
         state = backbone_state(self.student, self.parts)
-        config = self._secagg_config(number, cohort, flatten_state(state).size, state_digest(state))
+        context = round_context(self.architecture.digest, state_digest(state))
+        config = self._secagg_config(number, cohort, flatten_state(state).size, context)
         for name in cohort:
             self.channel.send(name, msg.TrainRequest(round=number, student_state=state, secagg=config))
         # With the CA, the server drops a node whose signature fails instead of forwarding it.
@@ -412,11 +432,11 @@ class Federation:
         )
 
     def _progress_line(self, record: RoundRecord) -> str:
-        cohort = " ".join(f"{n}(p={record.probabilities.get(n, 0):.2f})" for n in record.cohort)
+        cohort = " ".join(f"{n}:{record.inclusion.get(n, 0):.0%}" for n in record.cohort)
         spent = " ".join(f"{n}={r.epsilon:.2f}" for n, r in self.nodes.items())
         accuracy = "-" if record.accuracy is None else f"{record.accuracy:.4f}"
         return (
-            f"round {record.round}/{self.settings.rounds} | cohort {cohort} | epsilon {spent} | "
+            f"round {record.round}/{self.settings.rounds} | cohort {cohort} (chance of being drawn) | epsilon {spent} | "
             f"accuracy {accuracy} | {record.seconds:.1f}s"
         )
 

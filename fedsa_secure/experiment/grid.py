@@ -129,7 +129,7 @@ def _federated(grid: Grid, cell: _Cell, method: str, secure: bool, dp: DPSetting
         secagg=result["secagg"], dp_target_epsilon=grid.epsilon if secure else None,
         teacher_epsilon=max((e for e in result["teacher_epsilon"].values() if e is not None), default=None) if secure else None,
         teacher_covered=secure and grid.dp_teachers,
-        average_rounds=result["average_rounds"],
+        average_rounds=result["average_rounds"], student_sha256=result["student_sha256"],
     )
 
 

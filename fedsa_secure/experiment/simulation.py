@@ -17,6 +17,8 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedsa_secure.channel import InMemoryChannel, Traffic
+from fedsa_secure.channel import Channel, InMemoryChannel, Traffic
 from fedsa_secure.config import FederationSection, PrivacySection, SecAggConfig
 from fedsa_secure.crypto import FixedRandomness, sha256
 from fedsa_secure.data import FEDERATIONS, federation
@@ -41,7 +43,7 @@ from fedsa_secure.fedsa.teacher import (
     TrainedTeacher,
     load_or_train_teacher,
 )
-from fedsa_secure.models import STUDENT_ARCHS, ConvNet, backbone_state, flatten_state
+from fedsa_secure.models import STUDENT_ARCHS, HeadedBackbone, backbone_state, flatten_state, state_digest
 from fedsa_secure.node import Node
 from fedsa_secure.privacy.accounting import epsilon_of
 from fedsa_secure.privacy.dpsgd import Mechanism
@@ -112,7 +114,7 @@ def _check_tasks(tasks: tuple[str, ...]) -> None:
         _check_choice("target task", task, tuple(TARGET_TASKS))
 
 
-def _node_teacher(trained: TrainedTeacher, private: bool) -> TeacherSource | ConvNet:
+def _node_teacher(trained: TrainedTeacher, private: bool) -> TeacherSource | HeadedBackbone:
     """What a simulated node is given: a DP teacher with its mechanism, a non-private one it must accept, or a plain model."""
     if not private:
         return trained.model
@@ -143,6 +145,7 @@ def simulate(
     arch: str = "cnn",
     target_tasks: tuple[str, ...] = DIGIT_ONLY,
     average_rounds: int = FederationSection.average_rounds,
+    over: Transport | None = None,
 ) -> dict[str, Any]:
     """Run `rounds` rounds of `method` on one seed's split as an in-process federation (the aggregator's round code,
     nodes as objects, every secure-aggregation stage), and the Scratch baseline; node seeds derive from `seed`.
@@ -187,16 +190,26 @@ def simulate(
                                            teacher_privacy(dp, teacher_share) if private else None)
         nodes = [
             Node(name, teachers[name].data, dp, seed=teacher_seed(seed, i), state_dir=Path(tmp) / "nodes" / name,
-                 teacher=_node_teacher(teachers[name], private), accept_non_private_teacher=True, dp=private, arch=arch,
+                 teacher=_node_teacher(teachers[name], private), accept_non_private_teacher=True, dp=private,
                  kd=plus.kd, mechanism_seed=seed * 1000 + i, randomness=FixedRandomness(sha256(f"{seed}/{name}".encode())))
             for i, name in enumerate(names)
         ]
-        channel = InMemoryChannel({node.name: node for node in nodes})
-        outcome = Federation(settings, probe, test, channel, names, baseline=baseline, report=lambda line: None).run(set(names))
-    return _result(outcome, channel.traffic, settings, dataset, probe_budget, private, dp, teachers, method)
+        with (over or in_memory)(nodes) as channel:
+            outcome = Federation(settings, probe, test, channel, names, baseline=baseline, report=lambda line: None).run(set(names))
+    traffic = channel.traffic if isinstance(channel, InMemoryChannel) else None
+    return _result(outcome, traffic, settings, dataset, probe_budget, private, dp, teachers, method)
 
 
-def _result(outcome: Outcome, traffic: Traffic, settings: RoundSettings, dataset: str, probe_budget: float | None,
+Transport = Callable[[list[Node]], AbstractContextManager[Channel]]  # the nodes -> a channel to them, open while in use
+
+
+@contextmanager
+def in_memory(nodes: list[Node]) -> Iterator[InMemoryChannel]:
+    """The simulation's default transport: the nodes' `respond` called directly, the traffic counted."""
+    yield InMemoryChannel({node.name: node for node in nodes})
+
+
+def _result(outcome: Outcome, traffic: Traffic | None, settings: RoundSettings, dataset: str, probe_budget: float | None,
             private: bool, dp: DPSettings, teachers: dict[str, TrainedTeacher], method: str) -> dict[str, Any]:
     """The run as the experiment grid records it."""
     scratch_tasks = outcome.scratch_task_accuracy
@@ -217,6 +230,7 @@ def _result(outcome: Outcome, traffic: Traffic, settings: RoundSettings, dataset
         "secagg": {"clip": settings.clip, "level_bits": settings.level_bits},
         "average_rounds": settings.average_rounds,
         "vector_length": int(flatten_state(backbone_state(outcome.student, outcome.parts)).size),
+        "student_sha256": state_digest(outcome.student.state_dict()).hex(),  # the amalgamated student, before adaptation
         "rounds": history,
         "final_accuracy": outcome.accuracy,
         "scratch_accuracy": scratch_tasks["digit"],
@@ -225,10 +239,11 @@ def _result(outcome: Outcome, traffic: Traffic, settings: RoundSettings, dataset
         "epsilon": {n: r.epsilon for n, r in outcome.nodes.items()} if private else None,
         "teacher_epsilon": {n: _teacher_epsilon(t.mechanism) for n, t in teachers.items()} if private else None,
         "selection_counts": {n: sum(n in r.cohort for r in outcome.rounds) for n in outcome.nodes},
-        "bytes_up": traffic.up_masked,
-        "bytes_down": traffic.down,
-        "protocol_bytes_up": traffic.up_protocol,
-        "node_seconds": traffic.node_seconds,
+        # counted in memory only (None over another transport)
+        "bytes_up": traffic and traffic.up_masked,
+        "bytes_down": traffic and traffic.down,
+        "protocol_bytes_up": traffic and traffic.up_protocol,
+        "node_seconds": traffic and traffic.node_seconds,
     }
 
 

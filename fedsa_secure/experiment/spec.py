@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from fedsa_secure.config import STUDENTS
 from fedsa_secure.errors import ConfigError
 
 PROBE_BUDGETS = (0.01, 0.05, 0.10)  # fedsa_secure.data.mnist5k.PROBE_BUDGETS
@@ -14,7 +15,7 @@ ALL_METHODS = (*BASELINES, *FEDERATED)
 DATASETS = ("mnist5k", "digits", "mnist5k-skew", "mnist1d")  # data.FEDERATIONS, named here without importing it
 DEFAULT_DATASETS = ("mnist5k", "digits")  # mnist5k-skew and mnist1d (nodes hold far more records) on request
 BUDGETED = ("mnist5k", "mnist5k-skew", "mnist1d")  # the federations with probe_budgets; digits has one fixed probe
-ARCHS = ("cnn", "resnet", "mlp")  # models.STUDENT_ARCHS, named here without importing torch
+ARCHS = STUDENTS
 TASKS = ("digit", "parity", "mod-3")  # data.tasks.TARGET_TASKS; the digit task (the probe's labels) comes first
 TARGET_EPSILON = 8.0
 TEACHER_SHARE = 0.5  # config.PrivacySection.teacher_share, named here without importing it

@@ -107,7 +107,7 @@ def fit_probe(
     loss = loss or (lambda out, labels: F.cross_entropy(out, labels, label_smoothing=recipe.label_smoothing))
     xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    views = _shifted_copies(xt, recipe.max_shift)
+    views = _shifted_copies(xt, recipe.max_shift) if xt.dim() == 4 else xt[:, None]  # shifts move pixels: images only
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     n = len(yt)

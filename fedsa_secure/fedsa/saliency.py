@@ -83,3 +83,16 @@ def draw_cohort(names: Sequence[str], probabilities: np.ndarray, k: int, rng: np
         raise ValueError(f"cannot draw {k} of {len(names)} names with {len(p)} probabilities")
     picked = rng.choice(len(names), size=k, replace=False, p=p / p.sum())
     return [names[i] for i in picked]
+
+
+def inclusion_probabilities(probabilities: np.ndarray, k: int, draws: int = 4000) -> np.ndarray:
+    """Each name's chance of being among the k that `draw_cohort` picks (a node with a small draw weight can still fill
+    a cohort's last place). Estimated from `draws` seeded Gumbel-top-k draws, which pick k distinct items one after
+    another with the same probabilities; no closed form exists for unequal weights."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if k >= len(p):
+        return np.ones(len(p))
+    with np.errstate(divide="ignore"):
+        keys = np.log(p / p.sum()) + np.random.default_rng(0).gumbel(size=(draws, len(p)))
+    top = np.argpartition(-keys, k - 1, axis=1)[:, :k]
+    return np.bincount(top.ravel(), minlength=len(p)) / draws

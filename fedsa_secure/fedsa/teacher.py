@@ -14,15 +14,17 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fedsa_secure.data import LabelledSet, NodeData, task_input
+from fedsa_secure.data.records import UNLABELLED
 from fedsa_secure.errors import BudgetExhausted, ConfigError
 from fedsa_secure.fedsa.supervised import fit_classifier
 from fedsa_secure.files import atomic_torch_save
-from fedsa_secure.models import ConvNet, make_teacher, state_digest
+from fedsa_secure.models import HeadedBackbone, make_teacher, state_digest
 from fedsa_secure.privacy.accounting import calibrate_noise, epsilon_of, fits_budget
 from fedsa_secure.privacy.dpsgd import DPSGD, Mechanism, poisson_schedule
 from fedsa_secure.privacy.ledger import DECLARATION
@@ -65,13 +67,13 @@ class TrainedTeacher(NamedTuple):
     """A node's records, its frozen teacher and the DP mechanism that trained it (None: trained without DP)."""
 
     data: NodeData
-    model: ConvNet
+    model: HeadedBackbone
     mechanism: Mechanism | None
 
 
-def train_teacher(node: NodeData, seed: int) -> ConvNet:
+def train_teacher(node: NodeData, seed: int) -> HeadedBackbone:
     """Non-private training (Adam, cross-entropy): experiments' plaintext arms and baselines only."""
-    model = make_teacher(node.train.num_classes, seed)
+    model = make_teacher(node.train.num_classes, seed, node.train.x.shape[1:])
     fit_classifier(
         model,
         task_input(node.task, node.train.x),
@@ -94,12 +96,12 @@ def teacher_mechanism(records: int, privacy: TeacherPrivacy, recipe: TeacherReci
 
 def train_dp_teacher(
     node: NodeData, mechanism: Mechanism, seed: int, *, recipe: TeacherRecipe = TeacherRecipe(), mechanism_seed: int | None = None
-) -> ConvNet:
+) -> HeadedBackbone:
     """DP-SGD training of the node's teacher on its labelled records, under `mechanism` (see `teacher_mechanism`).
 
     `seed` fixes the initial weights (public); `mechanism_seed` the batches and noise (None: fresh entropy).
     """
-    model = make_teacher(node.train.num_classes, seed)
+    model = make_teacher(node.train.num_classes, seed, node.train.x.shape[1:])
     tensors = (torch.from_numpy(task_input(node.task, node.train.x)), torch.from_numpy(node.train.y))
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.learning_rate, momentum=recipe.momentum)
     dp = DPSGD(
@@ -133,7 +135,7 @@ def load_or_train_teacher(
         "shape": list(node.train.x.shape),  # tells datasets apart (digits and MNIST-5k use the same node names)
         "privacy": None if privacy is None else [privacy.epsilon, privacy.delta, privacy.accountant, mechanism_seed],
     }
-    cached = _load(Path(cache), key, node.train.num_classes, seed)
+    cached = _load(Path(cache), key, node, seed)
     if cached is not None:
         return TrainedTeacher(node, *cached)
     mechanism = None if privacy is None else teacher_mechanism(len(node.train), privacy)
@@ -146,12 +148,12 @@ def load_or_train_teacher(
     return TrainedTeacher(node, model, mechanism)
 
 
-def _load(cache: Path, key: dict[str, object], num_classes: int, seed: int) -> tuple[ConvNet, Mechanism | None] | None:
+def _load(cache: Path, key: dict[str, object], node: NodeData, seed: int) -> tuple[HeadedBackbone, Mechanism | None] | None:
     try:
         blob = torch.load(cache, weights_only=True)
         if any(blob.get(k) != v for k, v in key.items()):
             return None
-        model = load_teacher(blob["state_dict"], num_classes, seed)
+        model = load_teacher(blob["state_dict"], node, seed)
         stored = blob["mechanism"]
         mechanism = None if stored is None else Mechanism(**{f.name: stored[f.name] for f in fields(Mechanism)})
     except Exception:  # missing, truncated, corrupt or from another architecture: retrain
@@ -159,9 +161,9 @@ def _load(cache: Path, key: dict[str, object], num_classes: int, seed: int) -> t
     return model, mechanism
 
 
-def load_teacher(state_dict: dict[str, torch.Tensor], num_classes: int, seed: int) -> ConvNet:
-    """A frozen teacher with the given weights (raises if they do not fit the architecture)."""
-    model = make_teacher(num_classes, seed)
+def load_teacher(state_dict: dict[str, torch.Tensor], node: NodeData, seed: int) -> HeadedBackbone:
+    """A frozen teacher for `node`'s records with the given weights (raises if they do not fit the architecture)."""
+    model = make_teacher(node.train.num_classes, seed, node.train.x.shape[1:])
     model.load_state_dict(state_dict)
     return freeze(model)
 
@@ -255,6 +257,11 @@ def load_teacher_file(path: Path, node: NodeData) -> tuple[nn.Module, NodeData]:
     if not torch.isfinite(logits).all():
         raise ConfigError(f"teacher file {path} gives NaN or infinite logits on this node's records")
     classes = int(logits.shape[1])
+    if node.train.num_classes == UNLABELLED:  # records without labels: the teacher's own predictions label them
+        with torch.no_grad():
+            labels = torch.cat([model(torch.from_numpy(chunk)).argmax(dim=1)
+                                for chunk in np.array_split(task_input(node.task, node.train.x), max(1, len(node.train) // 512))])
+        return model, NodeData(node.name, node.task, LabelledSet(node.train.x, labels.numpy().astype(np.int64), classes))
     if node.train.num_classes > classes:
         raise ConfigError(f"teacher file {path} predicts {classes} classes, but the records' labels go up to "
                           f"{node.train.num_classes - 1}: give the labels of the teacher's own task")
@@ -278,7 +285,7 @@ def node_teacher(
     if recorded:
         digest = str(recorded[-1].get("teacher_sha256"))
         if isinstance(source, TrainTeacher):
-            trained = _recorded_teacher(state.teacher_file, digest, node.train.num_classes, seed)
+            trained = _recorded_teacher(state.teacher_file, digest, node, seed)
             if trained is not None:
                 return trained
         elif state_digest(source.model.state_dict()).hex() == digest:
@@ -317,11 +324,11 @@ def _declared_teacher(state: PrivacyState, source: PublicTeacher | NonPrivateTea
     return model
 
 
-def _recorded_teacher(path: Path, digest: str, num_classes: int, seed: int) -> ConvNet | None:
+def _recorded_teacher(path: Path, digest: str, node: NodeData, seed: int) -> HeadedBackbone | None:
     try:
         weights = torch.load(path, weights_only=True)
         if state_digest(weights).hex() != digest:
             return None
-        return load_teacher(weights, num_classes, seed)
+        return load_teacher(weights, node, seed)
     except Exception:  # missing, truncated or another architecture: not the recorded teacher
         return None

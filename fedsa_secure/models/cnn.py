@@ -83,10 +83,3 @@ class ConvNet(HeadedBackbone):
             *conv_block(2 * width, 2 * width),
         )
         self._init_head(2 * width, num_classes, head)
-
-
-def make_teacher(num_classes: int, seed: int) -> ConvNet:
-    """A freshly initialised (wider) teacher for a node's task."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return ConvNet(TEACHER_WIDTH, num_classes)

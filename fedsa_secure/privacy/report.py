@@ -138,9 +138,10 @@ def build_report(run_dir: Path | None, ledgers: dict[str, Path] | None = None, e
     }
 
 
-def write_report(run_dir: Path) -> tuple[Path, Path]:
-    """Write report.json and report.html into the run directory (the demo calls this at its end)."""
-    return write_files(build_report(Path(run_dir)), Path(run_dir))
+def write_report(run_dir: Path, ledgers: dict[str, Path] | None = None) -> tuple[Path, Path]:
+    """Write report.json and report.html into the run directory (launch calls this at its end); `ledgers`: the nodes'
+    ledgers by name, when they are not under the run directory's nodes/."""
+    return write_files(build_report(Path(run_dir), ledgers), Path(run_dir))
 
 
 def write_files(report: dict[str, Any], out: Path) -> tuple[Path, Path]:

@@ -25,26 +25,40 @@ class NamedTensor(_message.Message):
     def __init__(self, name: _Optional[str] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class SelectRequest(_message.Message):
-    __slots__ = ("round", "probe_images", "student_maps")
+    __slots__ = ("round", "probe_images", "student_maps", "student")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PROBE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     STUDENT_MAPS_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_FIELD_NUMBER: _ClassVar[int]
     round: int
     probe_images: Tensor
     student_maps: Tensor
-    def __init__(self, round: _Optional[int] = ..., probe_images: _Optional[_Union[Tensor, _Mapping]] = ..., student_maps: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    student: StudentArchitecture
+    def __init__(self, round: _Optional[int] = ..., probe_images: _Optional[_Union[Tensor, _Mapping]] = ..., student_maps: _Optional[_Union[Tensor, _Mapping]] = ..., student: _Optional[_Union[StudentArchitecture, _Mapping]] = ...) -> None: ...
+
+class StudentArchitecture(_message.Message):
+    __slots__ = ("name", "num_classes", "digest")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    num_classes: int
+    digest: bytes
+    def __init__(self, name: _Optional[str] = ..., num_classes: _Optional[int] = ..., digest: _Optional[bytes] = ...) -> None: ...
 
 class OutputSelectRequest(_message.Message):
-    __slots__ = ("round", "probe_images", "probe_labels", "num_classes")
+    __slots__ = ("round", "probe_images", "probe_labels", "num_classes", "student")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PROBE_IMAGES_FIELD_NUMBER: _ClassVar[int]
     PROBE_LABELS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    STUDENT_FIELD_NUMBER: _ClassVar[int]
     round: int
     probe_images: Tensor
     probe_labels: Tensor
     num_classes: int
-    def __init__(self, round: _Optional[int] = ..., probe_images: _Optional[_Union[Tensor, _Mapping]] = ..., probe_labels: _Optional[_Union[Tensor, _Mapping]] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    student: StudentArchitecture
+    def __init__(self, round: _Optional[int] = ..., probe_images: _Optional[_Union[Tensor, _Mapping]] = ..., probe_labels: _Optional[_Union[Tensor, _Mapping]] = ..., num_classes: _Optional[int] = ..., student: _Optional[_Union[StudentArchitecture, _Mapping]] = ...) -> None: ...
 
 class SelectReply(_message.Message):
     __slots__ = ("round", "transferability")

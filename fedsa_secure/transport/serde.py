@@ -13,6 +13,7 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from fedsa_secure import messages as m
+from fedsa_secure.checks import MAX_CLASSES
 from fedsa_secure.errors import ProtocolError
 from fedsa_secure.proto import federation_pb2 as pb
 from fedsa_secure.secagg import messages as sa
@@ -115,10 +116,26 @@ def _required(parent: Any, field: str) -> Any:
 # --- learning messages -------------------------------------------------------------------------
 
 
+MAX_ARCHITECTURE_NAME = 200
+
+
+def _put_architecture(out: pb.StudentArchitecture, student: m.StudentArchitecture) -> None:
+    out.name, out.num_classes, out.digest = student.name, student.num_classes, student.digest
+
+
+def _get_architecture(p: pb.StudentArchitecture, where: str) -> m.StudentArchitecture:
+    if not 0 < len(p.name) <= MAX_ARCHITECTURE_NAME or len(p.digest) != 32 or not 2 <= p.num_classes <= MAX_CLASSES:
+        raise ProtocolError(f"{where}: expected a name of 1 to {MAX_ARCHITECTURE_NAME} characters, 2 to {MAX_CLASSES} "
+                            f"classes and a 32-byte digest; got {len(p.name)} characters, {p.num_classes} classes, "
+                            f"{len(p.digest)} bytes")
+    return m.StudentArchitecture(p.name, p.num_classes, p.digest)
+
+
 def _put_select_request(out: pb.SelectRequest, msg: m.SelectRequest) -> None:
     out.round = msg.round
     tensor_to_proto(msg.probe_images, out.probe_images)
     tensor_to_proto(msg.student_maps, out.student_maps)
+    _put_architecture(out.student, msg.student)
 
 
 def _get_select_request(p: pb.SelectRequest) -> m.SelectRequest:
@@ -126,6 +143,7 @@ def _get_select_request(p: pb.SelectRequest) -> m.SelectRequest:
         round=p.round,
         probe_images=tensor_from_proto(_required(p, "probe_images"), "SelectRequest.probe_images"),
         student_maps=tensor_from_proto(_required(p, "student_maps"), "SelectRequest.student_maps"),
+        student=_get_architecture(_required(p, "student"), "SelectRequest.student"),
     )
 
 
@@ -134,14 +152,16 @@ def _put_output_select_request(out: pb.OutputSelectRequest, msg: m.OutputSelectR
     tensor_to_proto(msg.probe_images, out.probe_images)
     tensor_to_proto(msg.probe_labels, out.probe_labels)
     out.num_classes = msg.num_classes
+    _put_architecture(out.student, msg.student)
 
 
 def _get_output_select_request(p: pb.OutputSelectRequest) -> m.OutputSelectRequest:
     where = "OutputSelectRequest"
     images = tensor_from_proto(_required(p, "probe_images"), f"{where}.probe_images")
     labels = tensor_from_proto(_required(p, "probe_labels"), f"{where}.probe_labels")
-    if images.ndim != 4 or images.dtype.kind != "f" or len(images) == 0:
-        raise ProtocolError(f"{where}.probe_images must be a non-empty float array [N, C, H, W], got {images.dtype} {images.shape}")
+    if images.ndim < 2 or images.dtype.kind != "f" or len(images) == 0:
+        raise ProtocolError(f"{where}.probe_images must be a non-empty float array of records [N, ...], got {images.dtype} "
+                            f"{images.shape}")
     if labels.dtype.kind not in "iu" or labels.shape != (len(images),):
         raise ProtocolError(
             f"{where}.probe_labels must be {len(images)} integer labels (one per image), got {labels.dtype} {labels.shape}"
@@ -152,7 +172,8 @@ def _get_output_select_request(p: pb.OutputSelectRequest) -> m.OutputSelectReque
             f"got num_classes {p.num_classes} and labels {labels.min()} to {labels.max()}"
         )
     return m.OutputSelectRequest(round=p.round, probe_images=images.astype(np.float32, copy=False),
-                                 probe_labels=labels.astype(np.int64, copy=False), num_classes=p.num_classes)
+                                 probe_labels=labels.astype(np.int64, copy=False), num_classes=p.num_classes,
+                                 student=_get_architecture(_required(p, "student"), f"{where}.student"))
 
 
 def _put_select_reply(out: pb.SelectReply, msg: m.SelectReply) -> None:

@@ -21,9 +21,9 @@ from torch import nn
 
 from fedsa_secure.crypto.pki import AGGREGATOR, NODE, create_ca, issue_certificate
 from fedsa_secure.data import aggregator_data, node_data
-from fedsa_secure.demo import write_toml
 from fedsa_secure.privacy.ledger import read_entries
 from fedsa_secure.privacy.state import find_ledgers
+from fedsa_secure.scaffold import write_toml
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # a TorchScript teacher, on purpose
 NODES = {"clinic-a": "node-1", "clinic-b": "node-2", "clinic-c": "node-3"}  # name -> the digits shard its records are

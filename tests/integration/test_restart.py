@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from fedsa_secure.crypto.pki import AGGREGATOR, NODE, create_ca, issue_certificate
-from fedsa_secure.demo import write_toml
 from fedsa_secure.privacy.accounting import epsilon_of
 from fedsa_secure.privacy.crosscheck import histories
 from fedsa_secure.privacy.ledger import read_entries
 from fedsa_secure.privacy.state import find_ledgers
+from fedsa_secure.scaffold import write_toml
 
 NODES = ["node-1", "node-2", "node-3", "node-4"]
 PLANNED, ROUNDS = 3, 6

@@ -10,8 +10,8 @@ import pytest
 
 from fedsa_secure import messages as msg
 from fedsa_secure.crypto.pki import create_ca, issue_certificate
-from fedsa_secure.demo import write_toml
 from fedsa_secure.errors import TransportError
+from fedsa_secure.scaffold import write_toml
 from fedsa_secure.transport.client import AggregatorClient
 from fedsa_secure.transport.tls import TlsFiles
 

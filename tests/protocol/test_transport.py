@@ -96,6 +96,7 @@ def server_messages(rng: np.random.Generator) -> list[m.ServerMessage]:
             round=1,
             probe_images=rng.standard_normal((2, 3, 512, 512), dtype=np.float32),  # 6 MiB
             student_maps=rng.random((2, 7, 7), dtype=np.float32),
+            student=m.StudentArchitecture("cnn", 10, rng.bytes(32)),
         ),
         m.TrainRequest(
             round=1,

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from fedsa_secure.demo import format_table
 from fedsa_secure.fedsa.compare import paired_accuracy_difference
+from fedsa_secure.launch import format_table
 
 
 def test_only_disagreements_count_and_the_interval_is_clopper_pearson_mapped():
@@ -44,7 +44,7 @@ def test_demo_table_shows_the_difference_and_its_interval():
 
 
 def test_the_guarantee_line_says_what_the_audit_found():
-    from fedsa_secure.demo import guarantee_line
+    from fedsa_secure.launch import guarantee_line
 
     nodes = [{"epsilon": 7.99, "delta": 1e-5}, {"epsilon": 3.99, "delta": 1e-5}]
     line = guarantee_line({"headline": {"holds": True}, "nodes": nodes})

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, selection_probabilities, transferability
+from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, inclusion_probabilities, selection_probabilities, transferability
 from fedsa_secure.models import make_student
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed intra-op threads make training ~30x slower
@@ -90,3 +90,16 @@ def test_draw_cohort_distinct_deterministic_and_weighted():
     np.testing.assert_allclose(counts, p, atol=0.04)
     with pytest.raises(ValueError):
         draw_cohort(names, p, 5, rng)
+
+
+def test_inclusion_probabilities_are_the_chance_of_being_in_the_cohort() -> None:
+    weights = np.array([0.90, 0.05, 0.03, 0.02])
+    inclusion = inclusion_probabilities(weights, 3)
+    assert inclusion.sum() == pytest.approx(3.0)  # three places, whoever fills them
+    assert inclusion[0] == pytest.approx(1.0, abs=0.01)
+    assert inclusion[1] > 0.6  # a 5% draw weight still fills a place most of the time: what the progress line shows
+    rng, drawn = np.random.default_rng(1), np.zeros(4)
+    for _ in range(4000):
+        drawn[[["a", "b", "c", "d"].index(n) for n in draw_cohort(["a", "b", "c", "d"], weights, 3, rng)]] += 1
+    assert np.allclose(drawn / 4000, inclusion, atol=0.03)  # what draw_cohort does
+    assert inclusion_probabilities(weights, 4).tolist() == [1.0] * 4

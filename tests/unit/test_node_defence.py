@@ -34,9 +34,11 @@ from fedsa_secure.data import LabelledSet, aggregator_data
 from fedsa_secure.errors import AbortRound, IntegrityError
 from fedsa_secure.fedsa.saliency import gradcam_maps
 from fedsa_secure.models import (
+    architecture_digest,
     backbone_state,
     flatten_state,
     make_student,
+    round_context,
     state_digest,
 )
 from fedsa_secure.node import Node
@@ -115,12 +117,20 @@ def student_state(seed: int = 0) -> dict[str, np.ndarray]:
     return backbone_state(make_student(10, seed), RELEASED)
 
 
+CNN = msg.StudentArchitecture("cnn", 10, architecture_digest("cnn", 10))  # the student the aggregator names
+
+
+def bound(state: dict[str, np.ndarray]) -> bytes:
+    """The context a round binds: the student's architecture and the weights sent."""
+    return round_context(CNN.digest, state_digest(state))
+
+
 STATE = student_state(0)
 LENGTH = int(flatten_state(STATE).size)
 
 
 def round_config(
-    context: bytes = state_digest(STATE), *, number: int = 1, participants: tuple[str, ...] = TRIO, threshold: int = 3,
+    context: bytes = bound(STATE), *, number: int = 1, participants: tuple[str, ...] = TRIO, threshold: int = 3,
     nonce: bytes | None = None, **changes: Any,
 ) -> sa.RoundConfig:
     """What `Aggregator._secagg_config` builds (fedsa+, digits student; pass `participants` sorted), then `changes`."""
@@ -142,7 +152,7 @@ def train_request(state: dict[str, np.ndarray] = STATE, config: sa.RoundConfig |
 
 
 def select_request(probe: LabelledSet, number: int = 1, **changes: Any) -> msg.OutputSelectRequest:
-    request = msg.OutputSelectRequest(number, probe.x, probe.y, probe.num_classes)
+    request = msg.OutputSelectRequest(number, probe.x, probe.y, probe.num_classes, CNN)
     return dataclasses.replace(request, **changes)
 
 
@@ -274,19 +284,43 @@ def _flip_one_float(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize(
     ("state", "context"),
     [
-        pytest.param(_flip_one_float(STATE), state_digest(STATE), id="one-float-flipped"),
-        pytest.param(STATE, state_digest(student_state(1)), id="context-of-another-model"),
-        pytest.param(student_state(1), state_digest(STATE), id="another-model-sent"),
+        pytest.param(_flip_one_float(STATE), bound(STATE), id="one-float-flipped"),
+        pytest.param(STATE, bound(student_state(1)), id="context-of-another-model"),
+        pytest.param(student_state(1), bound(STATE), id="another-model-sent"),
         pytest.param(STATE, b"", id="no-context"),
+        pytest.param(STATE, round_context(architecture_digest("resnet", 10), state_digest(STATE)), id="another-architecture"),
     ],
 )
 def test_a_model_other_than_the_sessions_is_refused(
     shared_node: Node, state: dict[str, np.ndarray], context: bytes
 ) -> None:
-    assert state_digest(state) != context
+    assert bound(state) != context
     reason = refused(shared_node, train_request(state, round_config(context)))
     assert "the model sent is not the one the round's session binds" in reason
-    assert "digest differs from the config's context" in reason
+    assert "its digest and the student's architecture differ from the config's context" in reason
+
+
+@pytest.mark.parametrize(
+    ("student", "expected"),
+    [
+        pytest.param(msg.StudentArchitecture("os:system", 10, bytes(32)), "student 'os:system', which node-1 does not build",
+                     id="code-the-node-was-not-told-to-build"),
+        pytest.param(msg.StudentArchitecture("cnn", 10, architecture_digest("resnet", 10)), "differs from the aggregator's",
+                     id="same-name-other-network"),
+    ],
+)
+def test_a_student_the_node_does_not_build_as_named_is_refused(
+    make_node: NodeFactory, probe: LabelledSet, student: msg.StudentArchitecture, expected: str
+) -> None:
+    node = make_node(select=False)
+    reason = refused(node, select_request(probe, student=student))
+    assert expected in reason and node.method is None and node.architecture is None
+
+
+def test_a_student_switch_mid_run_is_refused(shared_node: Node, probe: LabelledSet) -> None:
+    resnet = msg.StudentArchitecture("resnet", 10, architecture_digest("resnet", 10))
+    reason = refused(shared_node, select_request(probe, number=50, student=resnet))
+    assert "with student 'cnn' for this whole run; the aggregator now asks for fedsa+ with 'resnet'" in reason
 
 
 # ----------------------------------------------------------------------------------------------
@@ -331,7 +365,7 @@ MALFORMED_STATES = {
 def test_a_malformed_student_state_is_refused(shared_node: Node, case: str) -> None:
     state, expected = MALFORMED_STATES[case]
     # The context matches what was sent: only the state's own check can refuse it.
-    reason = refused(shared_node, train_request(state, round_config(state_digest(state))))
+    reason = refused(shared_node, train_request(state, round_config(bound(state))))
     assert "round 1 refused: the student sent for fedsa+" in reason
     assert expected in reason
 
@@ -342,7 +376,7 @@ def test_a_malformed_student_state_is_refused(shared_node: Node, case: str) -> N
 
 
 def _grad_cam_request(probe: LabelledSet, maps: np.ndarray, number: int) -> msg.SelectRequest:
-    return msg.SelectRequest(round=number, probe_images=probe.x, student_maps=maps)
+    return msg.SelectRequest(round=number, probe_images=probe.x, student_maps=maps, student=CNN)
 
 
 @pytest.mark.parametrize("method", ["fedsa+", "fedsa"])
@@ -425,7 +459,7 @@ def test_malformed_grad_cam_probes_are_refused(
     images, _, expected = _malformed_probes(probe)[case]
     maps = np.ones((len(images), 8, 8), np.float32)  # the right count for these images
     node = make_node(select=False)
-    reason = refused(node, msg.SelectRequest(round=1, probe_images=images, student_maps=maps))
+    reason = refused(node, msg.SelectRequest(round=1, probe_images=images, student_maps=maps, student=CNN))
     assert "SelectRequest.probe_images: " in reason and expected in reason
     assert node.method is None
 
@@ -546,7 +580,7 @@ def test_nodes_sent_different_models_cannot_complete_a_round(fed: Federation, tr
     relay = Relay(trio)
     other = student_state(1)  # node-3 is sent another model, and a config that binds it
     nonce = random_bytes(32)
-    config, config_3 = round_config(state_digest(STATE), nonce=nonce), round_config(state_digest(other), nonce=nonce)
+    config, config_3 = round_config(bound(STATE), nonce=nonce), round_config(bound(other), nonce=nonce)
     assert config_3 != config and dataclasses.replace(config_3, context=config.context) == config
     requests = {"node-1": train_request(STATE, config), "node-2": train_request(STATE, config),
                 "node-3": train_request(other, config_3)}
@@ -581,7 +615,7 @@ def test_nodes_sent_different_models_cannot_complete_a_round(fed: Federation, tr
 
     # Control: the same three nodes sent the same model and config complete the next round.
     relay.sent.clear()
-    config = round_config(state_digest(STATE), number=2)
+    config = round_config(bound(STATE), number=2)
     total, updates = secure_round(relay, SecAggServer(config, fed.anchor), {n: train_request(STATE, config, 2) for n in TRIO})
     assert not any(isinstance(m, msg.Abort) for m in relay.sent)
     assert sum(isinstance(m, sa.MaskedInput) for m in relay.sent) == 3

@@ -28,7 +28,7 @@ from fedsa_secure.data import LabelledSet, NodeData, aggregator_data, node_data
 from fedsa_secure.fedsa.distill import DPDistiller
 from fedsa_secure.fedsa.output_kd import OutputObjective, fit_output_map
 from fedsa_secure.fedsa.saliency import gradcam_maps
-from fedsa_secure.models import backbone_state, flatten_state, make_student, state_digest
+from fedsa_secure.models import architecture_digest, backbone_state, flatten_state, make_student, round_context, state_digest
 from fedsa_secure.node import Node
 from fedsa_secure.privacy.state import FINGERPRINT_CHARS, KEY_FILE, records_fingerprint
 from fedsa_secure.secagg import messages as sa
@@ -44,6 +44,8 @@ NAME, PEERS = "node-1", ("node-2", "node-3")
 SEED = 7  # the mechanism seed both nodes share (a test-only switch: deployed nodes draw fresh noise)
 SPEC = sa.QuantizationSpec(1.0, 16)
 RELEASED = ("features", "head")
+
+CNN = msg.StudentArchitecture("cnn", 10, architecture_digest("cnn", 10))  # the student the aggregator names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,15 +114,16 @@ STUDENT = backbone_state(make_student(10, 0), RELEASED)
 def round_config(number: int) -> sa.RoundConfig:
     participants = tuple(sorted((NAME, *PEERS)))
     return sa.RoundConfig(number, participants, 3, int(flatten_state(STUDENT).size), SPEC,
-                          required_modulus_bits(3, SPEC.level_bits), bytes(range(32)), context=state_digest(STUDENT))
+                          required_modulus_bits(3, SPEC.level_bits), bytes(range(32)),
+                          context=round_context(CNN.digest, state_digest(STUDENT)))
 
 
 def walk(setting: Setting, which: str) -> dict[str, Any]:
     """Every message kind the node sends, in the order a fedsa+ run asks for them."""
     n, probe, sent = node(setting, which), setting.probe, {}
     sent["Join"] = n.join()
-    sent["SelectReply"], sent["PrivacyStatus"] = n.handle(msg.OutputSelectRequest(1, probe.x, probe.y, probe.num_classes))
-    (sent["Abort"],) = n.handle(msg.OutputSelectRequest(1, probe.x, probe.y, probe.num_classes))  # a second one
+    sent["SelectReply"], sent["PrivacyStatus"] = n.handle(msg.OutputSelectRequest(1, probe.x, probe.y, probe.num_classes, CNN))
+    (sent["Abort"],) = n.handle(msg.OutputSelectRequest(1, probe.x, probe.y, probe.num_classes, CNN))  # a second one
     config = round_config(2)
     (sent["AdvertiseKeys"],) = n.handle(msg.TrainRequest(2, STUDENT, config))
     peers = {name: peer(setting, name, config) for name in PEERS}
@@ -228,6 +231,6 @@ def test_the_masked_input_is_the_dp_release_masked_and_nothing_else(walks, setti
 def test_grad_cam_selection_is_the_same_on_neighbouring_records(setting):
     probe = setting.probe
     maps = gradcam_maps(make_student(10, 0), probe.x)
-    replies = {which: node(setting, which).handle(msg.SelectRequest(1, probe.x, maps)) for which in ("D", "D'")}
+    replies = {which: node(setting, which).handle(msg.SelectRequest(1, probe.x, maps, CNN)) for which in ("D", "D'")}
     assert [wire(m) for m in replies["D"]][0] == [wire(m) for m in replies["D'"]][0]
     assert status_fields(replies["D"][1]) == status_fields(replies["D'"][1])

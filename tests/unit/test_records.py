@@ -40,8 +40,8 @@ def test_records_load_as_grey_float32_images_with_their_own_labels(tmp_path: Pat
 @pytest.mark.parametrize(
     ("arrays", "expected"),
     [
-        ({"x": _records()[0]}, "has no array 'y'"),
-        ({"x": _records()[0].astype(np.int64), "y": _records()[1]}, "x must be float images"),
+        ({"x": _records()[0]}, "has no labels y"),
+        ({"x": _records()[0].astype(np.int64), "y": _records()[1]}, "x must be float records"),
         ({"x": np.zeros((40, 3, 8, 8)), "y": _records()[1]}, "one grey channel"),
         ({"x": np.where(np.arange(40)[:, None, None] < 2, np.nan, _records()[0]), "y": _records()[1]},
          "NaN or infinite values in 2 record(s)"),
@@ -119,6 +119,6 @@ def test_a_deployed_node_reads_its_records_from_its_config_before_training(tmp_p
     np.savez(tmp_path / "mine.npz", x=x)  # no labels
     config = NodeConfig(NodeSection(name="clinic", aggregator="127.0.0.1:1", state_dir=tmp_path / "state"),
                         TlsConfig(ca_cert, cert, key), DataSection(records=tmp_path / "mine.npz"))
-    with pytest.raises(ConfigError, match=r"mine\.npz has no array 'y'"):
+    with pytest.raises(ConfigError, match=r"mine\.npz has no labels y"):
         Node.from_config(config)
     assert not (tmp_path / "state").exists()  # nothing trained, no ledger started

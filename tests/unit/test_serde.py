@@ -52,17 +52,21 @@ SHARES = (
     sa.EncryptedShare(sender="node-1", recipient="node-3", ciphertext=b""),
 )
 
+STUDENT = m.StudentArchitecture("my_models:student", 10, bytes(range(32)))
+
 SERVER_MESSAGES: list[m.ServerMessage] = [
     m.SelectRequest(
         round=1,
         probe_images=RNG.standard_normal((4, 3, 8, 8)).astype(np.float32),
         student_maps=RNG.random((4, 2, 2), dtype=np.float32),
+        student=STUDENT,
     ),
     m.OutputSelectRequest(
         round=1,
         probe_images=RNG.random((6, 1, 14, 14), dtype=np.float32),
         probe_labels=np.array([0, 9, 3, 3, 1, 2], dtype=np.int64),
         num_classes=10,
+        student=STUDENT,
     ),
     m.TrainRequest(
         round=2,
@@ -146,7 +150,7 @@ def test_every_message_type_is_covered() -> None:
     ids=lambda a: f"{a.dtype}{list(a.shape)}",
 )
 def test_arrays_keep_dtype_shape_and_bits(array: np.ndarray) -> None:
-    msg = m.SelectRequest(round=0, probe_images=array, student_maps=array)
+    msg = m.SelectRequest(round=0, probe_images=array, student_maps=array, student=STUDENT)
     back = decode_server(encode_server(msg))
     assert_same(array, back.probe_images)
     assert back.probe_images.flags.writeable
@@ -155,14 +159,14 @@ def test_arrays_keep_dtype_shape_and_bits(array: np.ndarray) -> None:
 def test_big_endian_and_non_contiguous_arrays_arrive_native_with_same_values() -> None:
     big = np.arange(6, dtype=">f4").reshape(2, 3)
     transposed = np.arange(12, dtype=np.float32).reshape(3, 4).T
-    back = decode_server(encode_server(m.SelectRequest(round=0, probe_images=big, student_maps=transposed)))
+    back = decode_server(encode_server(m.SelectRequest(round=0, probe_images=big, student_maps=transposed, student=STUDENT)))
     assert back.probe_images.dtype == np.dtype(np.float32) and back.probe_images.dtype.isnative
     np.testing.assert_array_equal(back.probe_images, big)
     np.testing.assert_array_equal(back.student_maps, transposed)
 
 
 def test_wire_format_is_little_endian_dtype_shape_bytes() -> None:
-    data = encode_server(m.SelectRequest(round=0, probe_images=np.array([1.0], np.float32), student_maps=np.zeros(0)))
+    data = encode_server(m.SelectRequest(round=0, probe_images=np.array([1.0], np.float32), student_maps=np.zeros(0), student=STUDENT))
     env = pb.ServerEnvelope.FromString(data)
     tensor = env.select_request.probe_images
     assert (tensor.dtype, list(tensor.shape), tensor.data) == ("<f4", [1], b"\x00\x00\x80?")
@@ -170,7 +174,7 @@ def test_wire_format_is_little_endian_dtype_shape_bytes() -> None:
 
 def test_non_numeric_arrays_are_refused_on_encode() -> None:
     with pytest.raises(TypeError, match="cannot send arrays of dtype object"):
-        encode_server(m.SelectRequest(round=0, probe_images=np.array([{}], dtype=object), student_maps=np.zeros(1)))
+        encode_server(m.SelectRequest(round=0, probe_images=np.array([{}], dtype=object), student_maps=np.zeros(1), student=STUDENT))
 
 
 def test_wrong_direction_is_a_type_error() -> None:
@@ -223,7 +227,7 @@ def test_duplicate_state_entries_raise_protocol_error() -> None:
         decode_server(env.SerializeToString())
 
 
-def _output_select(images: np.ndarray, labels: np.ndarray, num_classes: int) -> bytes:
+def _output_select(images: np.ndarray, labels: np.ndarray, num_classes: int, student: tuple[str, bytes] = ("cnn", bytes(32))) -> bytes:
     """Encoded by hand: the encoder would send it, the decoder must refuse it."""
     env = pb.ServerEnvelope()
     env.output_select_request.round = 1
@@ -232,6 +236,7 @@ def _output_select(images: np.ndarray, labels: np.ndarray, num_classes: int) -> 
         pb.Tensor(dtype=images.dtype.str, shape=list(images.shape), data=images.tobytes()))
     env.output_select_request.probe_labels.CopyFrom(
         pb.Tensor(dtype=labels.dtype.str, shape=list(labels.shape), data=labels.tobytes()))
+    env.output_select_request.student.CopyFrom(pb.StudentArchitecture(name=student[0], num_classes=num_classes, digest=student[1]))
     return env.SerializeToString()
 
 
@@ -246,7 +251,7 @@ IMAGES = np.zeros((3, 1, 4, 4), np.float32)
         (IMAGES, np.array([0, 1, 10], np.int64), 10, "labels 0 to 10"),
         (IMAGES, np.array([0, -1, 2], np.int64), 10, "labels -1 to 2"),
         (IMAGES, np.array([0, 0, 0], np.int64), 1, "num_classes 1"),
-        (np.zeros((3, 16), np.float32), np.array([0, 1, 2], np.int64), 10, "float array \\[N, C, H, W\\]"),
+        (np.zeros(3, np.float32), np.array([0, 1, 2], np.int64), 10, "float array of records \\[N, ...\\]"),
         (np.zeros((3, 1, 4, 4), np.int64), np.array([0, 1, 2], np.int64), 10, "float array"),
     ],
 )
@@ -261,6 +266,17 @@ def test_good_probe_set_decodes_to_its_values() -> None:
     assert isinstance(back, m.OutputSelectRequest)
     assert back.probe_labels.dtype == np.int64 and back.probe_labels.tolist() == [2, 0, 1]
     assert back.num_classes == 3 and float(back.probe_images.sum()) == 24.0
+    assert back.student == m.StudentArchitecture("cnn", 3, bytes(32))
+    tabular = decode_server(_output_select(np.ones((3, 5), np.float32), np.array([2, 0, 1]), 3))  # records need not be images
+    assert isinstance(tabular, m.OutputSelectRequest) and tabular.probe_images.shape == (3, 5)
+
+
+@pytest.mark.parametrize(("student", "message"), [(("", bytes(32)), "1 to 200 characters"), (("cnn", b"short"), "5 bytes"),
+                                                  (("x" * 201, bytes(32)), "got 201 characters")])
+def test_a_malformed_student_architecture_is_refused(student: tuple[str, bytes], message: str) -> None:
+    with pytest.raises(ProtocolError, match=message) as info:
+        decode_server(_output_select(IMAGES, np.array([0, 1, 2]), 3, student))
+    assert "OutputSelectRequest.student" in str(info.value)
 
 
 @pytest.mark.parametrize("data", [b"", b"\xff\xff\xff", b"\x0a\x05abc"], ids=["empty", "garbage", "truncated"])

@@ -5,8 +5,10 @@ import pytest
 import torch
 from opacus.grad_sample.gsm_exp_weights import GradSampleModuleExpandedWeights
 from opacus.validators import ModuleValidator
+from torch import nn
 
 from fedsa_secure.data import LabelledSet, NodeData, aggregator_data, node_data
+from fedsa_secure.errors import ConfigError
 from fedsa_secure.fedsa.distill import DPDistiller, DPSettings, FeatureObjective
 from fedsa_secure.fedsa.output_kd import OutputKDSettings, OutputObjective, fit_output_map
 from fedsa_secure.fedsa.saliency import gradcam_maps
@@ -15,11 +17,16 @@ from fedsa_secure.models import (
     STUDENT_ARCHS,
     ConvNet,
     ResNet,
+    Student,
     Translator,
+    architecture_digest,
     backbone_state,
+    check_student,
     flatten_state,
     make_student,
     make_teacher,
+    register_student,
+    student_names,
 )
 
 torch.set_num_threads(1)  # 2 shared cores: oversubscribed intra-op threads make training ~30x slower
@@ -33,7 +40,7 @@ def test_three_architectures_and_cnn_is_the_default():
     assert set(ARCHS) == {"cnn", "resnet", "mlp"}
     default, cnn = make_student(10, seed=3), make_student(10, seed=3, arch="cnn")
     assert type(default) is ConvNet and np.array_equal(flatten_state(backbone_state(default)), flatten_state(backbone_state(cnn)))
-    with pytest.raises(ValueError, match="unknown student architecture 'vit'.*cnn, resnet, mlp"):
+    with pytest.raises(ConfigError, match="unknown student architecture 'vit'.*cnn, resnet, mlp"):
         make_student(10, seed=0, arch="vit")
 
 
@@ -134,3 +141,41 @@ def test_gradcam_maps_of_every_architecture(arch):
     per_image_span = maps.reshape(12, -1).max(1) - maps.reshape(12, -1).min(1)
     assert np.all(per_image_span > 0.5)  # a map with structure, not the constant fallback
     assert model.training and all(p.grad is None for p in model.parameters())
+
+
+def tabular_student(num_classes: int) -> Student:
+    return Student(nn.Sequential(nn.Linear(12, 32), nn.ReLU()), 32, num_classes)
+
+
+def test_a_registered_student_is_built_seeded_and_named_by_a_digest_of_its_architecture() -> None:
+    register_student("tests:tabular", tabular_student)
+    assert "tests:tabular" in student_names()
+    a, b = make_student(3, 7, "tests:tabular"), make_student(3, 7, "tests:tabular")
+    assert np.array_equal(flatten_state(backbone_state(a, ("features", "head"))), flatten_state(backbone_state(b, ("features", "head"))))
+    assert a(torch.ones(5, 12)).shape == (5, 3)
+    digest = architecture_digest("tests:tabular", 3)
+    assert len(digest) == 32 and digest == architecture_digest("tests:tabular", 3)  # not the weights: the seed does not enter
+    assert digest != architecture_digest("tests:tabular", 4)  # another head
+    register_student("tests:tabular", lambda k: Student(nn.Sequential(nn.Linear(12, 33), nn.ReLU()), 33, k))
+    assert architecture_digest("tests:tabular", 3) != digest  # the same name, other code: the digest tells them apart
+    with pytest.raises(ConfigError, match="built in"):
+        register_student("cnn", tabular_student)
+
+
+def test_a_student_is_checked_on_the_records_it_will_see() -> None:
+    register_student("tests:tabular-12", tabular_student)
+    check_student("tests:tabular-12", 3, np.zeros((20, 12), np.float32))
+    with pytest.raises(ConfigError, match=r"fails on records of shape \[7\]"):
+        check_student("tests:tabular-12", 3, np.zeros((20, 7), np.float32))
+    with pytest.raises(ConfigError, match=r"gives \[8, 10\].*\[8, 3\]"):
+        register_student("tests:ten", lambda k: Student(nn.Linear(12, 10), 10, 10))
+        check_student("tests:ten", 3, np.zeros((20, 12), np.float32))
+    register_student("tests:not-a-student", lambda k: nn.Linear(12, k))
+    with pytest.raises(ConfigError, match="built a Linear; a student must be a fedsa_secure.Student"):
+        make_student(3, 0, "tests:not-a-student")
+
+
+def test_the_teacher_a_node_trains_fits_its_records_shape() -> None:
+    assert isinstance(make_teacher(4, 0, (1, 14, 14)), ConvNet)
+    vector = make_teacher(4, 0, (12,))
+    assert isinstance(vector, Student) and vector(torch.ones(3, 12)).shape == (3, 4)

@@ -16,7 +16,7 @@ from fedsa_secure.crypto import pki
 from fedsa_secure.data import aggregator_data, node_data
 from fedsa_secure.errors import ConfigError
 from fedsa_secure.fedsa.teacher import load_teacher_file
-from fedsa_secure.models import state_digest
+from fedsa_secure.models import architecture_digest, state_digest
 from fedsa_secure.privacy.accounting import epsilon_of
 from fedsa_secure.privacy.dpsgd import Mechanism
 from fedsa_secure.privacy.ledger import DECLARATION
@@ -189,7 +189,8 @@ def test_a_deployed_node_charges_a_dp_teacher_file_once_across_restarts(tmp_path
     assert len(again.state.ledger) == len(first.state.ledger) and again.state.epsilon() == pytest.approx(expected, rel=1e-6)
 
     _, replies = again.respond(msg.SelectRequest(round=1, probe_images=np.zeros((4, 1, 8, 8), np.float32),
-                                              student_maps=np.ones((4, 8, 8), np.float32)))
+                                              student_maps=np.ones((4, 8, 8), np.float32),
+                                              student=msg.StudentArchitecture("cnn", 10, architecture_digest("cnn", 10))))
     assert [type(r) for r in replies] == [msg.Abort]  # fedsa needs feature maps, which a file teacher does not have
     abort = replies[0]
     assert isinstance(abort, msg.Abort) and "outputs only, no feature maps" in abort.reason
