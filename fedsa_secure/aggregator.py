@@ -1,7 +1,8 @@
 """The aggregator process: a config, a gRPC channel with mutual TLS (transport.server) and the rounds (rounds.Federation).
 
 It listens, waits for the nodes, runs the rounds over the server, tells the nodes the run is over
-and writes the run directory: `student.pt` and `student.json`, `summary.json`, `progress.png`
+and writes the run directory (started again on the same run directory, it resumes after the last
+round its journal, `journal.sqlite`, committed): `student.pt` and `student.json`, `summary.json`, `progress.png`
 and `checkpoints/student-r<N>.pt` (the amalgamated student after each round; r0 the initial one).
 """
 
@@ -19,13 +20,14 @@ import torch
 
 from fedsa_secure import messages as msg
 from fedsa_secure.config import AggregatorConfig, FederationSection
-from fedsa_secure.crypto import TrustAnchor
+from fedsa_secure.crypto import TrustAnchor, sha256
 from fedsa_secure.data import LabelledSet, aggregator_data, federation
 from fedsa_secure.data.records import Source, load_labelled
 from fedsa_secure.errors import AbortRound, ConfigError
 from fedsa_secure.fedsa.compare import paired_accuracy_difference
 from fedsa_secure.fedsa.supervised import correct
 from fedsa_secure.files import atomic_torch_save, atomic_write
+from fedsa_secure.journal import JOURNAL_FILE, Journal
 from fedsa_secure.models import backbone_state, flatten_state, use_student
 from fedsa_secure.plots import plot_progress
 from fedsa_secure.rounds import Federation, Outcome, RoundSettings
@@ -74,6 +76,12 @@ def round_settings(config: AggregatorConfig) -> RoundSettings:
     )
 
 
+def _run_identity(settings: RoundSettings, fed: FederationSection, probe: LabelledSet) -> dict[str, Any]:
+    """What a journal binds a run to: everything that decides its result (not timeouts), and the probe it adapts on."""
+    return {**{k: v for k, v in asdict(settings).items() if k != "stage_timeout"}, "nodes": list(fed.nodes),
+            "data": dataset_name(fed), "probe_sha256": sha256(probe.x.tobytes() + probe.y.tobytes()).hex()}
+
+
 def run_aggregator(config: AggregatorConfig, report: Callable[[str], None] = print) -> dict[str, Any]:
     """Serve one federation run and write its run directory; returns the summary."""
     torch.set_num_threads(1)  # small models; nodes may share this machine's cores
@@ -84,9 +92,11 @@ def run_aggregator(config: AggregatorConfig, report: Callable[[str], None] = pri
     tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)
     tls.load()  # fail on a bad key file before any work
     server = FederationServer(config.aggregator.listen, tls, allowed_nodes=fed.nodes)
+    settings = round_settings(config)
     rounds = Federation(
-        round_settings(config), probe, test, server, fed.nodes, trust_anchor=TrustAnchor(Path(config.tls.ca_cert).read_bytes()),
-        report=report, checkpoints=run_dir / "checkpoints", dump_dir=config.testing.dump_dir,
+        settings, probe, test, server, fed.nodes, trust_anchor=TrustAnchor(Path(config.tls.ca_cert).read_bytes()),
+        report=report, checkpoints=run_dir / "checkpoints", journal=Journal(run_dir / JOURNAL_FILE, _run_identity(settings, fed, probe)),
+        dump_dir=config.testing.dump_dir,
     )
     started = time.perf_counter()
     port = server.start()

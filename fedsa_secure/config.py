@@ -165,14 +165,18 @@ DP_RUN = ("noise_multiplier", "sample_rate", "steps", "max_grad_norm")  # what a
 
 @dataclass(frozen=True)
 class TeacherSection:
-    """The node's teacher: trained here on its records with DP-SGD (`train`), or a TorchScript `file` of the
-    institution's own model, whose provenance the node declares in its ledger before using it:
-    `dp` (trained with DP-SGD on these same records: the run below is charged), `public` (trained on data
-    outside these records: nothing to charge), `non-private` (trained on these records without DP: refused
-    unless `accept_non_private`, and then the report says first that these records are not protected)."""
+    """The node's teacher: trained here on its records with DP-SGD (`train`), or the institution's own model (a
+    TorchScript or torch.export `file`, or a `factory` and a `file` of its weights), whose provenance the node
+    declares in its ledger before using it: `dp` (trained with DP-SGD on these same records: the run below is
+    charged), `public` (trained on data outside these records: nothing to charge), `non-private` (trained on these
+    records without DP: refused unless `accept_non_private`, and then the report says first that these records are
+    not protected)."""
 
     provenance: str = field(default="train", metadata={"choices": PROVENANCES})
     file: Path | None = None
+    # `module:function` returning the teacher's nn.Module: `file` then holds its weights (torch.save(model.state_dict()))
+    # instead of a TorchScript or torch.export model.
+    factory: EntryPoint | None = None
     accept_non_private: bool = False
     # provenance "dp": the DP-SGD run that trained the file's weights on these records (Poisson sampling)
     noise_multiplier: float | None = field(default=None, metadata=_range(0.01, 10_000))
@@ -235,6 +239,9 @@ def load_node_config(path: Path) -> NodeConfig:
     if teacher.provenance != "dp" and given:
         raise ConfigError(f"{path}: teacher.{given[0]} describes a DP-SGD run, which only a 'dp' teacher has; "
                           f"teacher.provenance is {teacher.provenance!r}")
+    if teacher.factory is not None and teacher.file is None:
+        raise ConfigError(f"{path}: teacher.factory builds the teacher's network; set teacher.file to its weights "
+                          "(torch.save(model.state_dict(), path)) and teacher.provenance to how they were trained")
     if teacher.accept_non_private and teacher.provenance != "non-private":
         raise ConfigError(f"{path}: teacher.accept_non_private applies to a 'non-private' teacher only")
     return config

@@ -30,6 +30,7 @@ LOCAL = "127.0.0.1"
 def launch(directory: Path, echo: TextIO = sys.stdout, startup_timeout: float = 120.0) -> dict[str, Any]:
     """Run the federation in `directory` to its end; returns the aggregator's summary with the report's verdict."""
     aggregator, nodes = read_federation(directory)
+    check_node_inputs(nodes)
     ensure_keys(aggregator, nodes)
     run_dir = Path(aggregator.aggregator.run_dir)
     logs, port_file = run_dir / "logs", run_dir / "aggregator.port"
@@ -86,6 +87,25 @@ def read_federation(directory: Path) -> tuple[AggregatorConfig, dict[str, NodeCo
         if config.node.name != name:
             raise ConfigError(f"{directory / f'{name}.toml'}: node.name is {config.node.name!r}; the aggregator lists it as {name!r}")
     return aggregator, nodes
+
+
+def check_node_inputs(nodes: dict[str, NodeConfig]) -> None:
+    """Each node's own records, teacher file and student code, tried here before any party starts (a node that failed
+    on them after the aggregator started would leave it waiting for its join)."""
+    from fedsa_secure.data.records import load_records
+    from fedsa_secure.fedsa.teacher import load_teacher_file
+    from fedsa_secure.models import make_student, use_student
+
+    for name, config in nodes.items():
+        try:
+            if config.node.student is not None:
+                make_student(2, 0, use_student(config.node.student))
+            if config.data.records is not None:
+                data = load_records(config.data.records, name, labelled_by_teacher=config.teacher.file is not None)
+                if config.teacher.file is not None:
+                    load_teacher_file(config.teacher.file, data, config.teacher.factory)
+        except ConfigError as error:
+            raise ConfigError(f"{name}: {error}") from None
 
 
 def ensure_keys(aggregator: AggregatorConfig, nodes: dict[str, NodeConfig]) -> None:

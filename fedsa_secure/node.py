@@ -428,7 +428,7 @@ def _teacher_source(section: TeacherSection, data: NodeData, settings: DPSetting
     """The teacher a config names, with the records relabelled to a teacher file's outputs."""
     if section.file is None:
         return TrainTeacher(), data
-    model, data = load_teacher_file(section.file, data)
+    model, data = load_teacher_file(section.file, data, section.factory)
     if section.provenance == "public":
         return PublicTeacher(model), data
     if section.provenance == "non-private":

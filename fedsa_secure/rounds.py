@@ -15,19 +15,22 @@ so the result does not swing with one round's DP noise.
 
 from __future__ import annotations
 
+import copy
+import io
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from fedsa_secure import messages as msg
 from fedsa_secure.channel import Channel
-from fedsa_secure.crypto import TrustAnchor
+from fedsa_secure.crypto import TrustAnchor, sha256
 from fedsa_secure.crypto.rand import random_bytes
 from fedsa_secure.data import LabelledSet
 from fedsa_secure.errors import AbortRound, BudgetsExhausted, ConfigError, IntegrityError, ProtocolError
@@ -38,6 +41,7 @@ from fedsa_secure.fedsa.output_kd import OutputKDSettings
 from fedsa_secure.fedsa.saliency import draw_cohort, gradcam_maps, inclusion_probabilities, selection_probabilities
 from fedsa_secure.fedsa.select_plus import TEMPERATURE, concentrated_probabilities
 from fedsa_secure.files import atomic_torch_save
+from fedsa_secure.journal import Committed, Journal
 from fedsa_secure.models import (
     HeadedBackbone,
     architecture_digest,
@@ -159,12 +163,16 @@ class Federation:
         baseline: Adapted | None = None,
         report: Callable[[str], None] = print,
         checkpoints: Path | None = None,
+        journal: Journal | None = None,
         dump_dir: Path | None = None,
     ) -> None:
         if settings.selection not in SELECTIONS:
             raise ValueError(f"selection must be one of {SELECTIONS}, got {settings.selection!r}")
         self.settings, self.probe, self.test, self.channel = settings, probe, test, channel
         self.report, self.anchor, self.checkpoints, self.dump_dir = report, trust_anchor, checkpoints, dump_dir
+        if journal is not None and checkpoints is None:
+            raise ValueError("a journal records checkpoints: give the directory they go to")
+        self.journal = journal
         if settings.method == "fedsa" and probe.x.ndim != 4:
             raise ConfigError(f"method fedsa compares Grad-CAM maps of images; these records have shape {list(probe.x.shape[1:])}: "
                               "use method fedsa+")
@@ -197,9 +205,9 @@ class Federation:
         self.report(f"{s.method}: Scratch (the student trained on the {len(self.probe)} probe labels alone) has test accuracy "
                     f"{next(iter(scratch_accuracy.values())):.4f}")
         self.saliency_model = baseline  # Grad-CAM needs a trained head: Scratch before the first adaptation
-        self._checkpoint(0)
+        first = self._resume()
         adapted: Adapted | None = None
-        for number in range(1, s.rounds + 1):
+        for number in range(first, s.rounds + 1):
             try:
                 adapted_now = self._round(number, present)
                 adapted = adapted if adapted_now is None else adapted_now
@@ -235,9 +243,9 @@ class Federation:
         except (AbortRound, ProtocolError) as exc:
             aborted = str(exc)
             self.report(f"round {number}: aborted, student unchanged: {exc}")
-        self._checkpoint(number)
+        student_sha256 = self._checkpoint(number)
         if aborted is None:
-            self.tail.add(self.student)
+            self.tail.add(self.student, number)
         adapted, accuracy, adapt_started = None, None, time.perf_counter()
         selects_next = s.method == "fedsa" and number % s.select_every == 0
         if number % s.adapt_every == 0 or number == s.rounds or selects_next:
@@ -253,8 +261,44 @@ class Federation:
         )
         self._heads_this_round = {}
         self.rounds.append(record)
+        self._commit(record, student_sha256)
         self.report(self._progress_line(record))
         return adapted
+
+    def _commit(self, record: RoundRecord, student_sha256: str) -> None:
+        """The round is done once the journal says so (its checkpoint is on disk already)."""
+        if self.journal is not None:
+            self.journal.commit(Committed(record.round, asdict(record), {n: asdict(r) for n, r in self.nodes.items()},
+                                          dict(self.rng.bit_generator.state), list(self.tail.rounds), student_sha256))
+
+    def _resume(self) -> int:
+        """The first round to run: 1, or the one after the journal's last committed round, whose state is restored."""
+        committed = self.journal.rounds() if self.journal is not None else []
+        if not committed:
+            self._checkpoint(0)
+            return 1
+        last, digests = committed[-1], {c.number: c.student_sha256 for c in committed}
+        self.rounds = [RoundRecord(**c.record) for c in committed]
+        self.nodes.update({n: NodeRecord(**fields) for n, fields in last.nodes.items() if n in self.nodes})
+        self.rng.bit_generator.state = last.draws
+        self.student = self._restored(last.number, last.student_sha256)
+        for number in last.tail:
+            self.tail.add(self._restored(number, digests[number]), number)
+        if self.settings.method == "fedsa" and self.tail.rounds:
+            self.saliency_model = self._adapt()  # the round before a Grad-CAM selection adapts: the same model
+        self.report(f"resuming after round {last.number} of {self.settings.rounds} (journal {self.journal and self.journal.path}); "
+                    "the round in flight, if any, is redone with fresh keys")
+        return last.number + 1
+
+    def _restored(self, number: int, expected_sha256: str) -> HeadedBackbone:
+        assert self.checkpoints is not None  # a journal needs checkpoints (__init__)
+        path = self.checkpoints / f"student-r{number}.pt"
+        blob = path.read_bytes()
+        if sha256(blob).hex() != expected_sha256:
+            raise IntegrityError(f"{path} is not the checkpoint the journal recorded for round {number} (its SHA-256 differs)")
+        student = copy.deepcopy(self.student)
+        student.load_state_dict(torch.load(io.BytesIO(blob), weights_only=True))
+        return student
 
     def _take_joins(self) -> set[str]:
         """Nodes that (re)started since last asked: record the status their ledger gives; they must select again."""
@@ -440,10 +484,14 @@ class Federation:
             f"accuracy {accuracy} | {record.seconds:.1f}s"
         )
 
-    def _checkpoint(self, number: int) -> None:
-        """The amalgamated student after round `number` (before adaptation), for resuming and for checking sums."""
-        if self.checkpoints is not None:
-            atomic_torch_save(self.student.state_dict(), self.checkpoints / f"student-r{number}.pt")
+    def _checkpoint(self, number: int) -> str:
+        """The amalgamated student after round `number` (before adaptation), for resuming and for checking sums; its
+        SHA-256 ("" without a checkpoint directory)."""
+        if self.checkpoints is None:
+            return ""
+        path = self.checkpoints / f"student-r{number}.pt"
+        atomic_torch_save(self.student.state_dict(), path)
+        return sha256(path.read_bytes()).hex()
 
     def _dump(self, name: str, array: np.ndarray) -> None:
         if self.dump_dir is not None:

@@ -43,10 +43,12 @@ class TailAverage:
             raise ValueError(f"average over at least 1 round, got {rounds}")
         self.parts = parts
         self._states: deque[np.ndarray] = deque(maxlen=rounds)
+        self.rounds: deque[int] = deque(maxlen=rounds)  # which rounds' students it holds (a journal records them)
 
-    def add(self, student: nn.Module) -> None:
+    def add(self, student: nn.Module, round_number: int = 0) -> None:
         """Record the student after a round's amalgamation (not after a round that changed nothing)."""
         self._states.append(flatten_state(backbone_state(student, self.parts)))
+        self.rounds.append(round_number)
 
     def averaged(self, student: Model) -> Model:
         """A copy of `student` whose `parts` are the recorded mean; `student` itself if nothing is recorded."""

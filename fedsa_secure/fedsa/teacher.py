@@ -21,6 +21,7 @@ from torch import nn
 
 from fedsa_secure.data import LabelledSet, NodeData, task_input
 from fedsa_secure.data.records import UNLABELLED
+from fedsa_secure.entry_points import EntryPoint
 from fedsa_secure.errors import BudgetExhausted, ConfigError
 from fedsa_secure.fedsa.supervised import fit_classifier
 from fedsa_secure.files import atomic_torch_save
@@ -233,17 +234,41 @@ class ExportedTeacher(nn.Module):
         return self
 
 
-def load_teacher_file(path: Path, node: NodeData) -> tuple[nn.Module, NodeData]:
-    """An institution's own teacher, from a torch.export `.pt2` file or a TorchScript file, tried on the node's first
-    records, and the records relabelled with its number of outputs K. ConfigError naming the file if it does not
-    load, fails on the records, gives other than finite logits [N, K] with K >= 2, or predicts fewer classes than
-    the labels hold."""
+def load_teacher_file(path: Path, node: NodeData, factory: EntryPoint | None = None) -> tuple[nn.Module, NodeData]:
+    """An institution's own teacher, from a torch.export `.pt2` file, a TorchScript file, or the weights in `path` of
+    the network `factory` builds; tried on the node's first records, and the records relabelled with its number of
+    outputs K (labelled by its predictions if they have none). ConfigError naming the file if it does not load,
+    fails on the records, gives other than finite logits [N, K] with K >= 2, or predicts fewer classes than the
+    labels hold."""
+    if factory is not None:
+        model = freeze(_built_teacher(path, factory))
+    else:
+        model = freeze(_saved_teacher(path))
+    return model, _checked_on_records(model, path, node)
+
+
+def _built_teacher(path: Path, factory: EntryPoint) -> nn.Module:
+    network = factory.load("teacher factory")()
+    if not isinstance(network, nn.Module):
+        raise ConfigError(f"teacher factory {factory.spec!r} returned a {type(network).__name__}, not a torch nn.Module")
     try:
-        model = freeze(ExportedTeacher(path) if path.suffix == ".pt2" else torch.jit.load(str(path), map_location="cpu"))
+        network.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))  # tensors only: no pickled code
+    except Exception as error:  # a foreign, damaged or mismatched weights file
+        raise ConfigError(f"teacher weights {path} do not load into {factory.spec!r}: {type(error).__name__}: {error}. "
+                          "Save them with torch.save(model.state_dict(), path)") from None
+    return network
+
+
+def _saved_teacher(path: Path) -> nn.Module:
+    try:
+        return ExportedTeacher(path) if path.suffix == ".pt2" else torch.jit.load(str(path), map_location="cpu")
     except Exception as error:  # torch's loaders raise many kinds on a damaged or foreign file
         raise ConfigError(f"teacher file {path} is not a {'torch.export' if path.suffix == '.pt2' else 'TorchScript'} "
                           f"model ({type(error).__name__}: {error}); save it with torch.export.save(torch.export.export("
                           "model, (example,)), 'teacher.pt2') or torch.jit.save(torch.jit.script(model), 'teacher.pt')") from None
+
+
+def _checked_on_records(model: nn.Module, path: Path, node: NodeData) -> NodeData:
     sample = task_input(node.task, node.train.x[:CHECK_RECORDS])
     try:
         with torch.no_grad():
@@ -261,11 +286,11 @@ def load_teacher_file(path: Path, node: NodeData) -> tuple[nn.Module, NodeData]:
         with torch.no_grad():
             labels = torch.cat([model(torch.from_numpy(chunk)).argmax(dim=1)
                                 for chunk in np.array_split(task_input(node.task, node.train.x), max(1, len(node.train) // 512))])
-        return model, NodeData(node.name, node.task, LabelledSet(node.train.x, labels.numpy().astype(np.int64), classes))
+        return NodeData(node.name, node.task, LabelledSet(node.train.x, labels.numpy().astype(np.int64), classes))
     if node.train.num_classes > classes:
         raise ConfigError(f"teacher file {path} predicts {classes} classes, but the records' labels go up to "
                           f"{node.train.num_classes - 1}: give the labels of the teacher's own task")
-    return model, NodeData(node.name, node.task, LabelledSet(node.train.x, node.train.y, classes))
+    return NodeData(node.name, node.task, LabelledSet(node.train.x, node.train.y, classes))
 
 
 def node_teacher(

@@ -144,7 +144,8 @@ def epsilon_of(history: History, delta: float, accountant: str) -> float:
 def _epsilon_cached(history: tuple[tuple[float, float, int], ...], delta: float, accountant: str) -> float:
     if not history:
         return 0.0
-    with warnings.catch_warnings():
+    # PRV takes log(1 - q), -inf at a sample rate of 1 (a full batch), only to compare against it: no error.
+    with warnings.catch_warnings(), np.errstate(divide="ignore"):
         # RDP notes its bound would be tighter with more orders: the value is still a valid upper bound.
         warnings.filterwarnings("ignore", message="Optimal order is the")
         if accountant == "rdp":

@@ -114,10 +114,12 @@ def test_the_users_federation_runs_on_its_own_tabular_files_and_code(federation:
     metadata = json.loads((fed / "run" / "student.json").read_text())
     assert metadata["architecture"] == "federation:student" and metadata["input_shape"] == [FEATURES]
     sys.path.insert(0, str(fed))
+    sys.modules.pop("federation", None)  # another test's federation.py may have been imported under that name
     try:
         from federation import student  # the user's own class holds the trained weights
     finally:
         sys.path.remove(str(fed))
+        sys.modules.pop("federation", None)
     model = student(CLASSES)
     model.load_state_dict(torch.load(fed / "run" / "student.pt", weights_only=True))
     x, y = tabular(600, seed=2)

@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from fedsa_secure import messages as msg
+from fedsa_secure.checks import check_records
 from fedsa_secure.config import DataSection, NodeConfig, NodeSection, PrivacySection, TlsConfig
 from fedsa_secure.crypto import FixedRandomness, TrustAnchor, pki
 from fedsa_secure.data import LabelledSet, NodeData, aggregator_data, node_data
@@ -211,7 +212,9 @@ def test_the_masked_input_is_the_dp_release_masked_and_nothing_else(walks, setti
     masked = {}
     for which in ("D", "D'"):
         n = node(setting, which)  # a fresh node: same teacher, ledger and seeds as the walked one at its start
-        objective = OutputObjective(n.teacher, n.data, fit_output_map(n.teacher, n.data.task, setting.probe), seed=0)
+        probe = setting.probe  # as the node holds it once checked: a C-ordered copy
+        received = LabelledSet(check_records(probe.x, probe.x.shape[1:], "probe"), probe.y, probe.num_classes)
+        objective = OutputObjective(n.teacher, n.data, fit_output_map(n.teacher, n.data.task, received), seed=0)
         release = DPDistiller(
             n.teacher, n.data, n.settings, seed=0, objective=objective, mechanism_seed=SEED + 2,
             ledger_history=n.state.teacher_history(), teacher_history=n.state.teacher_history(),  # as at round 2

@@ -14,6 +14,7 @@ from fedsa_secure import messages as msg
 from fedsa_secure.config import load_node_config
 from fedsa_secure.crypto import pki
 from fedsa_secure.data import aggregator_data, node_data
+from fedsa_secure.entry_points import EntryPoint
 from fedsa_secure.errors import ConfigError
 from fedsa_secure.fedsa.teacher import load_teacher_file
 from fedsa_secure.models import architecture_digest, state_digest
@@ -149,6 +150,7 @@ def test_a_teacher_file_must_be_torchscript_and_cover_the_labels(tmp_path: Path,
         ('provenance = "public"\nfile = "t.pt"\nsteps = 10', "teacher.steps describes a DP-SGD run"),
         ('provenance = "public"\nfile = "t.pt"\naccept_non_private = true', "applies to a 'non-private' teacher only"),
         ('provenance = "secret"', "allowed values: train, dp, public, non-private"),
+        ('provenance = "public"\nfile = "t.pt"\nfactory = "not code"', "must be module:function"),
     ],
 )
 def test_teacher_configs_that_do_not_add_up_are_refused(tmp_path: Path, teacher: str, expected: str) -> None:
@@ -222,3 +224,36 @@ def test_nodes_with_a_trained_a_dp_and_a_public_teacher_run_fedsa_plus_together(
     for node in nodes:
         assert node.state is not None and 0 < node.state.epsilon() <= SETTINGS.target_epsilon + 1e-6
         assert len(node.state.entries("distillation")) == 2
+
+
+TEACHER_CODE = """
+from torch import nn
+
+
+def teacher():
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+
+
+def not_a_network():
+    return 42
+"""
+
+
+def test_a_teacher_from_the_institutions_code_and_its_weights(tmp_path: Path, shards: dict[str, Path]) -> None:
+    """`[teacher] factory = "module:function"` builds the network; `file` holds only its weights (tensors, no code)."""
+    (tmp_path / "clinic_models.py").write_text(TEACHER_CODE)
+    torch.manual_seed(3)
+    trained = nn.Sequential(nn.Flatten(), nn.Linear(64, 5))
+    torch.save(trained.state_dict(), tmp_path / "weights.pt")
+    data = load_records(shards["node-1"], "clinic")
+    model, relabelled = load_teacher_file(tmp_path / "weights.pt", data, EntryPoint("clinic_models:teacher", tmp_path))
+    assert relabelled.train.num_classes == 5 and not any(p.requires_grad for p in model.parameters())
+    x = torch.from_numpy(data.train.x[:4])
+    assert torch.equal(model(x), trained(x).detach())  # the institution's weights, not a fresh draw
+    torch.save({"0.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    with pytest.raises(ConfigError, match=r"teacher weights .*other\.pt do not load into 'clinic_models:teacher'"):
+        load_teacher_file(tmp_path / "other.pt", data, EntryPoint("clinic_models:teacher", tmp_path))
+    with pytest.raises(ConfigError, match="returned a int, not a torch nn.Module"):
+        load_teacher_file(tmp_path / "weights.pt", data, EntryPoint("clinic_models:not_a_network", tmp_path))
+    with pytest.raises(ConfigError, match="cannot import 'no_such_module'"):
+        load_teacher_file(tmp_path / "weights.pt", data, EntryPoint("no_such_module:teacher", tmp_path))
