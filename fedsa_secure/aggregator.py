@@ -103,13 +103,17 @@ def run_aggregator(config: AggregatorConfig, report: Callable[[str], None] = pri
     try:
         if config.aggregator.port_file is not None:
             atomic_write(Path(config.aggregator.port_file), str(port))
-        report(f"aggregator listening on port {port} (mutual TLS); waiting for {len(fed.nodes)} nodes")
-        present = server.wait_for(fed.nodes, config.aggregator.join_timeout)
-        missing = sorted(set(fed.nodes) - present)
-        if len(present) < fed.cohort_size:
-            raise AbortRound(f"only {len(present)} of {len(fed.nodes)} nodes joined; missing {missing}")
-        if missing:
-            report(f"continuing without nodes that did not join: {', '.join(missing)}")
+        present: set[str] = set()
+        if rounds.finished():  # restarted after its last round was committed: nothing is left to ask the nodes
+            report(f"the journal holds all {fed.rounds} rounds; writing the result")
+        else:
+            report(f"aggregator listening on port {port} (mutual TLS); waiting for {len(fed.nodes)} nodes")
+            present = server.wait_for(fed.nodes, config.aggregator.join_timeout)
+            missing = sorted(set(fed.nodes) - present)
+            if len(present) < fed.cohort_size:
+                raise AbortRound(f"only {len(present)} of {len(fed.nodes)} nodes joined; missing {missing}")
+            if missing:
+                report(f"continuing without nodes that did not join: {', '.join(missing)}")
         outcome = rounds.run(present)
     finally:
         for name in fed.nodes:

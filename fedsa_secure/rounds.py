@@ -196,6 +196,10 @@ class Federation:
         self.stopped: str | None = None  # why the run ended before its last round, if it did
         self.saliency_model: Adapted | None = None  # the latest adapted student (fedsa's Grad-CAM needs a head)
 
+    def finished(self) -> bool:
+        """Whether the journal holds every round already (a restart after the last commit)."""
+        return self.journal is not None and len(self.journal.rounds()) >= self.settings.rounds
+
     def run(self, present: set[str]) -> Outcome:
         """Every round with the nodes `present`, then the adapted student and its accuracy on the test set."""
         s = self.settings

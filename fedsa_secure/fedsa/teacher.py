@@ -9,6 +9,7 @@ serves only the plaintext arms and the centralised baselines of experiments.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -300,9 +301,9 @@ def node_teacher(
     """A node's DP teacher: the one its ledger recorded last if it is the one asked for, else the source's, charged first.
 
     The file must hold exactly the weights whose digest the ledger recorded. If it is missing or
-    differs (a crash between the charge and the save, a restored backup), the teacher is trained
-    (or the given one charged) again: the ledger over-counts, never under-counts. BudgetExhausted
-    if that no longer fits the records' budget.
+    differs (deleted, a restored backup), the teacher is trained (or the given one charged) again:
+    the ledger over-counts, never under-counts. BudgetExhausted if that no longer fits the records'
+    budget.
     """
     if isinstance(source, PublicTeacher | NonPrivateTeacher):
         return _declared_teacher(state, source, target_epsilon)
@@ -310,6 +311,8 @@ def node_teacher(
     if recorded:
         digest = str(recorded[-1].get("teacher_sha256"))
         if isinstance(source, TrainTeacher):
+            if _recorded_teacher(state.teacher_file, digest, node, seed) is None and _pending(state).exists():
+                os.replace(_pending(state), state.teacher_file)  # charged, then the process died before it moved it
             trained = _recorded_teacher(state.teacher_file, digest, node, seed)
             if trained is not None:
                 return trained
@@ -332,10 +335,19 @@ def node_teacher(
                      provenance="dp")
         return model
     trained = train_dp_teacher(node, mechanism, seed, recipe=source.recipe, mechanism_seed=mechanism_seed)
+    # Saved (as pending) before it is charged, put in place after: a crash before the charge leaves a pending file that
+    # nothing used (the next start trains again), a crash after it a pending file the charge covers (the next start
+    # takes it). Saved only after the charge, a crash in between would leave a charge for a teacher that is gone.
+    pending = _pending(state)
+    atomic_torch_save(trained.state_dict(), pending, mode=0o600)  # the institution's model: its owner's only
     state.charge("teacher", 0, mechanism, target_epsilon, teacher_sha256=state_digest(trained.state_dict()).hex(),
                  provenance="train")
-    atomic_torch_save(trained.state_dict(), state.teacher_file, mode=0o600)  # the institution's model: its owner's only
+    os.replace(pending, state.teacher_file)
     return trained
+
+
+def _pending(state: PrivacyState) -> Path:
+    return state.teacher_file.with_name(state.teacher_file.name + ".pending")
 
 
 def _declared_teacher(state: PrivacyState, source: PublicTeacher | NonPrivateTeacher, target_epsilon: float) -> nn.Module:

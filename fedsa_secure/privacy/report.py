@@ -223,6 +223,7 @@ def _node(name: str, path: Path, summary: dict[str, Any] | None, run_dir: Path |
         "remaining_epsilon": None if target is None or epsilon is None else _finite(target - epsilon),
         "teacher": _teacher(entries, target) if figures_ok else None,
         "rounds_trained": sum(e.get("kind") == "distillation" for e in entries),
+        "charged_not_used": _charged_not_used(name, entries, summary),
         "declines": reported.get("declines"),
         "versions": {str(k): str(v) for k, v in last["versions"].items()} if last and isinstance(last.get("versions"), dict) else None,
         "mechanism": [{k: entry.get(k) for k in MECHANISM_FIELDS} | {"epsilon": _number(entry.get("epsilon"))}
@@ -231,6 +232,24 @@ def _node(name: str, path: Path, summary: dict[str, Any] | None, run_dir: Path |
         "epsilon_delta_curve": _curve(entries) if check is not None and check.ok else None,
         "problems": problems,
     }
+
+
+def _charged_not_used(name: str, entries: list[dict[str, Any]], summary: dict[str, Any] | None) -> list[int] | None:
+    """Rounds this node was charged for whose update never reached the student (the round was aborted or abandoned by a
+    restarted aggregator, or the node dropped out before unmasking). They count in its epsilon all the same: the
+    update was computed and may have left. None without the run's summary."""
+    if summary is None:
+        return None
+    used = {row["round"] for row in summary.get("history", [])
+            if not row.get("aborted") and name.split("/")[0] in (row.get("survivors") or [])}
+    unused = []
+    for entry in entries:
+        if entry.get("kind") == "distillation" and isinstance(entry.get("round"), int):
+            if entry["round"] in used:
+                used.discard(entry["round"])  # one charge per round is the one the student used
+            else:
+                unused.append(entry["round"])
+    return unused
 
 
 def _unreadable(entries: list[dict[str, Any]]) -> list[str]:

@@ -111,14 +111,22 @@ def _verdict(verdict: dict[str, Any]) -> str:
     return f"<div class='verdict bad'><b>The audit found problems:</b><ul>{items}</ul></div>"
 
 
+def _unused(rounds: list[int] | None) -> str:
+    """Rounds charged whose update the student never used (aborted, abandoned by a restarted aggregator, dropped)."""
+    if rounds is None:
+        return "unknown (no run summary)"
+    return f"{len(rounds)} ({', '.join(map(str, rounds))})" if rounds else "0"
+
+
 def _budget_table(nodes: list[dict[str, Any]]) -> str:
     rows = [
         (n["name"], n["epsilon"], (n["teacher"] or {}).get("epsilon_alone"), n["target_epsilon"], n["remaining_epsilon"],
-         n["delta"], n["rounds_trained"], n["declines"], _status(n["ledger"]["ok"], "verified" if n["ledger"]["ok"] else "FAILED"))
+         n["delta"], n["rounds_trained"], _unused(n["charged_not_used"]), n["declines"],
+         _status(n["ledger"]["ok"], "verified" if n["ledger"]["ok"] else "FAILED"))
         for n in nodes
     ]
     header = ("node", "epsilon spent (all)", "of which the teacher alone", "budget", "remaining", "delta", "rounds trained",
-              "declines", "ledger")
+              "of which charged, not used (round)", "declines", "ledger")
     return ("<h2>Privacy spent per node</h2><p>Each node's epsilon covers its teacher's DP training and every round it "
             "trained, composed in one accountant (the teacher's own figure is shown for the split; epsilons do not add up "
             "linearly).</p>" + _table(header, rows))

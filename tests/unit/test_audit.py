@@ -286,3 +286,15 @@ def test_a_non_finite_or_negative_figure_is_a_problem_not_a_crash(run, capsys, v
     problems = node_report(report)["problems"]
     assert status == 1 and any(f"entry 2 records epsilon = {value!r}," in p for p in problems), problems
     assert (run / "audit" / "report.html").exists() and node_report(report)["epsilon"] is None
+
+
+def test_a_charge_whose_update_the_student_never_used_is_reported(run, capsys):
+    """A round abandoned by a restarted aggregator (or aborted) still counts in epsilon; the report names it."""
+    status, report = audit_json(run, capsys)
+    assert node_report(report)["charged_not_used"] == []
+    summary = json.loads((run / "summary.json").read_text())
+    summary["history"][1]["aborted"] = "the aggregator restarted"
+    (run / "summary.json").write_text(json.dumps(summary))
+    status, report = audit_json(run, capsys)
+    assert status == 0 and node_report(report)["charged_not_used"] == [2]  # charged, not used: still within budget
+    assert "<td>1 (2)</td>" in (run / "report.html").read_text()

@@ -1,5 +1,7 @@
 """The node's teacher: trained with DP-SGD, charged in the ledger before use, reused only as recorded."""
 
+import os
+
 import pytest
 import torch
 
@@ -71,7 +73,7 @@ def test_a_cache_of_other_privacy_or_a_corrupt_one_retrains(node, tmp_path):
     assert torch.load(cache, weights_only=True)["privacy"] == [4.0, 1e-5, "prv", 0]
 
 
-def test_a_node_charges_its_teacher_before_saving_it_and_reuses_it_after_a_restart(node, tmp_path, monkeypatch):
+def test_a_node_charges_its_teacher_before_using_it_and_reuses_it_after_a_restart(node, tmp_path, monkeypatch):
     state = PrivacyState.open(tmp_path, "node-1", node.train)
     model = node_teacher(state, node, TrainTeacher(), PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
     (entry,) = state.ledger.entries
@@ -82,6 +84,35 @@ def test_a_node_charges_its_teacher_before_saving_it_and_reuses_it_after_a_resta
     monkeypatch.setattr(teacher_mod, "train_dp_teacher", lambda *a, **k: pytest.fail("retrained a recorded teacher"))
     restarted = PrivacyState.open(tmp_path, "node-1", node.train)
     assert _same(node_teacher(restarted, node, TrainTeacher(), PRIVACY, 8.0, seed=1), model) and len(restarted.ledger) == 1
+
+
+class Killed(BaseException):
+    """The node process dies here."""
+
+
+@pytest.mark.parametrize("dies", ["before-the-charge", "after-the-charge"])
+def test_a_node_killed_while_saving_its_teacher_never_charges_it_twice(node, tmp_path, monkeypatch, dies):
+    """Found by the chaos test: killed between the charge and the save, a node trained and charged its teacher again."""
+    state = PrivacyState.open(tmp_path, "node-1", node.train)
+    if dies == "before-the-charge":
+        monkeypatch.setattr(state, "charge", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+    else:
+        real_replace = os.replace
+
+        def dies_moving_the_pending_file(source, target):
+            if str(source).endswith(".pending"):
+                raise Killed()
+            real_replace(source, target)
+        monkeypatch.setattr(teacher_mod.os, "replace", dies_moving_the_pending_file)
+    with pytest.raises(Killed):
+        node_teacher(state, node, TrainTeacher(), PRIVACY, target_epsilon=8.0, seed=1, mechanism_seed=0)
+    monkeypatch.undo()
+    assert len(state.ledger) == (dies == "after-the-charge")
+    restarted = PrivacyState.open(tmp_path, "node-1", node.train)  # the pending file alone does not stop the node
+    model = node_teacher(restarted, node, TrainTeacher(), PRIVACY, 8.0, seed=1, mechanism_seed=0)
+    charged = [e for e in restarted.ledger.entries if e["kind"] == "teacher"]
+    assert len(charged) == 1 and charged[0]["teacher_sha256"] == state_digest(model.state_dict()).hex()
+    assert restarted.teacher_file.exists() and not restarted.teacher_file.with_name("teacher.pt.pending").exists()
 
 
 def test_a_teacher_file_that_differs_from_the_ledger_is_retrained_and_charged_again(node, tmp_path):
