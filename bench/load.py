@@ -99,6 +99,7 @@ def run_aggregator(directory: Path, count: int, rounds: int, out: Path) -> None:
     import torch
 
     from fedsa_secure.data import aggregator_data
+    from fedsa_secure.models import backbone_state, flatten_state
     from fedsa_secure.rounds import Federation, RoundSettings
     from fedsa_secure.transport.server import FederationServer
 
@@ -124,7 +125,7 @@ def run_aggregator(directory: Path, count: int, rounds: int, out: Path) -> None:
         "joined": len(present),
         "round_seconds": [round(r.seconds - r.adapt_seconds, 3) for r in outcome.rounds],
         "survivors": [len(r.survivors) for r in outcome.rounds],
-        "vector_length": int(sum(v.size for v in outcome.student.state_dict().values())),
+        "vector_length": int(flatten_state(backbone_state(outcome.student, outcome.parts)).size),
         "rss_before_nodes_mb": started_rss,
         "peak_rss_mb": sampler.peak_rss_mb(),
         "peak_threads": sampler.peak_threads,

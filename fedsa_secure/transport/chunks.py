@@ -19,23 +19,34 @@ def split(data: bytes, epoch: int = 0, sequence: int = 0) -> Iterator[pb.Chunk]:
         yield pb.Chunk(data=bytes(view[start : start + CHUNK_BYTES]), epoch=epoch, sequence=sequence)
 
 
-def join(chunks: Iterable[pb.Chunk], limit: int = MAX_MESSAGE_BYTES) -> tuple[bytes, pb.Chunk | None]:
-    """Concatenate chunk payloads; returns (data, first chunk or None if the stream was empty).
+class Assembly:
+    """A message arriving chunk by chunk: at most `limit` bytes in at most as many chunks as `split` makes of them, so
+    a stream of tiny or empty chunks is refused as early as one of oversized ones."""
 
-    At most `limit` bytes in at most as many chunks as `split` makes of them: a stream of tiny or
-    empty chunks is refused as early as one of oversized ones.
-    """
-    parts: list[bytes] = []
-    size = 0
-    first: pb.Chunk | None = None
-    most = limit // CHUNK_BYTES + 2
-    for count, chunk in enumerate(chunks, start=1):
-        if first is None:
-            first = chunk
-        size += len(chunk.data)
-        if size > limit:
-            raise ProtocolError(f"message exceeds the {limit / (1 << 20):g} MiB limit; send smaller tensors")
-        if count > most:
-            raise ProtocolError(f"message arrives in more than {most} chunks; chunks must be {CHUNK_BYTES >> 20} MiB")
-        parts.append(chunk.data)
-    return b"".join(parts), first
+    def __init__(self, limit: int = MAX_MESSAGE_BYTES) -> None:
+        self.limit, self.most = limit, limit // CHUNK_BYTES + 2
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.first: pb.Chunk | None = None
+
+    def add(self, chunk: pb.Chunk) -> None:
+        if self.first is None:
+            self.first = chunk
+        self.size += len(chunk.data)
+        if self.size > self.limit:
+            raise ProtocolError(f"message exceeds the {self.limit / (1 << 20):g} MiB limit; send smaller tensors")
+        if len(self.parts) + 1 > self.most:
+            raise ProtocolError(f"message arrives in more than {self.most} chunks; chunks must be {CHUNK_BYTES >> 20} MiB")
+        self.parts.append(chunk.data)
+
+    def result(self) -> tuple[bytes, pb.Chunk | None]:
+        """(data, first chunk or None if the stream was empty)."""
+        return b"".join(self.parts), self.first
+
+
+def join(chunks: Iterable[pb.Chunk], limit: int = MAX_MESSAGE_BYTES) -> tuple[bytes, pb.Chunk | None]:
+    """Concatenate chunk payloads (an `Assembly`); returns (data, first chunk or None if the stream was empty)."""
+    assembly = Assembly(limit)
+    for chunk in chunks:
+        assembly.add(chunk)
+    return assembly.result()

@@ -34,7 +34,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[TlsFiles, dict[str, 
 
 @pytest.fixture
 def server(keys) -> Iterator[tuple[FederationServer, str]]:
-    srv = FederationServer("127.0.0.1:0", keys[0], allowed_nodes=NODES, max_workers=6, limits=LIMITS)
+    srv = FederationServer("127.0.0.1:0", keys[0], allowed_nodes=NODES, limits=LIMITS)
     port = srv.start()
     try:
         yield srv, f"127.0.0.1:{port}"
