@@ -87,6 +87,10 @@ def run_aggregator(config: AggregatorConfig, report: Callable[[str], None] = pri
     torch.set_num_threads(1)  # small models; nodes may share this machine's cores
     fed = config.federation
     run_dir = Path(config.aggregator.run_dir)
+    if (run_dir / "summary.json").exists():  # started again after it finished (a supervisor's restart): the result stands
+        report(f"{run_dir} holds a finished run; its result stands (a new run needs its own aggregator.run_dir)")
+        finished: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+        return finished
     run_dir.mkdir(parents=True, exist_ok=True)
     probe, test = aggregator_sets(fed)
     tls = TlsFiles(config.tls.ca_cert, config.tls.cert, config.tls.key)

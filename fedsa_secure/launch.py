@@ -4,15 +4,18 @@ It reads DIR/aggregator.toml and the node configs it lists (DIR/<node>.toml), ch
 before any party starts, creates the federation's keys if there are none, starts the aggregator on
 a free local port and then the nodes, relays the per-round progress, and ends with the summary
 and the privacy report. The configs themselves are what `aggregator|node --config` runs elsewhere.
+Each launch is a new run (a finished one moves aside); a run a crash interrupted is resumed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -33,6 +36,7 @@ def launch(directory: Path, echo: TextIO = sys.stdout, startup_timeout: float = 
     check_node_inputs(nodes)
     ensure_keys(aggregator, nodes)
     run_dir = Path(aggregator.aggregator.run_dir)
+    keep_finished_run(run_dir, echo)
     logs, port_file = run_dir / "logs", run_dir / "aggregator.port"
     logs.mkdir(parents=True, exist_ok=True)
     port_file.unlink(missing_ok=True)
@@ -52,7 +56,8 @@ def launch(directory: Path, echo: TextIO = sys.stdout, startup_timeout: float = 
         if server.wait() != 0:
             raise FedsaError(f"the aggregator failed (exit {server.returncode}); its log and the nodes' are in {logs}")
         for process in processes[1:]:
-            process.wait(timeout=30)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # told the run is over; stopped below if not gone
+                process.wait(timeout=30)
     finally:
         for process in processes:
             if process.poll() is None:
@@ -72,6 +77,16 @@ def launch(directory: Path, echo: TextIO = sys.stdout, startup_timeout: float = 
     elsewhere = len(states) == 1 and states[0] != (run_dir / "nodes").resolve()  # audit's default: <run_dir>/nodes
     summary["audit_command"] = f"fedsa-secure audit {run_dir}" + (f" --nodes {states[0]}" if elsewhere else "")
     return summary
+
+
+def keep_finished_run(run_dir: Path, echo: TextIO) -> None:
+    """Each launch is a new run: a finished one in the run directory moves to `<run_dir>-<its end time>` (an unfinished
+    one stays, and the aggregator resumes it)."""
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        kept = run_dir.with_name(f"{run_dir.name}-{datetime.fromtimestamp(summary.stat().st_mtime):%Y%m%d-%H%M%S}")
+        run_dir.rename(kept)
+        print(f"the previous run is kept in {kept}", file=echo, flush=True)
 
 
 def read_federation(directory: Path) -> tuple[AggregatorConfig, dict[str, NodeConfig]]:

@@ -144,6 +144,8 @@ def test_a_second_launch_continues_each_nodes_budget(federation: tuple[Path, dic
     again = cli("launch", str(fed), "--json", cwd=fed)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     after = json.loads(again.stdout.strip().splitlines()[-1])
+    (kept,) = fed.glob("run-*")  # each launch is a new run; the finished one is kept beside it
+    assert json.loads((kept / "summary.json").read_text())["nodes"] == summary["nodes"]
     spent = {n["name"]: n["epsilon"] for n in after["nodes"]}
     assert all(spent[name] >= before[name] for name in before)
     assert any(n["declines"] for n in after["nodes"]) or after["stopped"]  # planned for 3 rounds: budgets are spent

@@ -13,6 +13,7 @@ from fedsa_secure.aggregator import own_sets
 from fedsa_secure.config import DP_RUN, load_aggregator_config, load_node_config
 from fedsa_secure.data.records import load_records
 from fedsa_secure.fedsa.teacher import load_teacher_file
+from fedsa_secure.models import check_student, use_student
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bring-your-own"
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # clinic-c's teacher is TorchScript
@@ -29,11 +30,13 @@ def test_the_example_files_fit_its_configs(tmp_path: Path) -> None:
     assert fed.probe is not None and fed.test is not None
     probe, test = own_sets(fed.probe, fed.test)
     assert probe.num_classes == test.num_classes == 10 and len(probe) == 50  # five labelled images per digit
+    check_student(use_student(fed.student), probe.num_classes, probe.x)  # the example's own network, from models.py
 
     provenances = {}
     for name in fed.nodes:
         config = load_node_config(example / f"{name}.toml")
         assert config.node.name == name and config.data.records is not None
+        assert str(config.node.student) == str(fed.student) == "models:student"  # each party builds the same student
         data = load_records(config.data.records, name)
         assert data.train.x.shape[1:] == probe.x.shape[1:]  # the probe's shape: nodes can answer selection
         if config.teacher.file is not None:
