@@ -137,6 +137,7 @@ def test_each_node_used_the_records_and_teacher_its_edited_config_names(federati
     assert (fed / "keys" / "ca.pem").exists() and (fed / "keys" / "node-4.key").stat().st_mode & 0o077 == 0
 
 
+@pytest.mark.slow  # a whole second run; tests/integration/test_restart.py covers a second run's budget by default
 def test_a_second_launch_continues_each_nodes_budget(federation: tuple[Path, dict]) -> None:
     """The state directory belongs to the records: launching again spends from the same budget, never from zero."""
     fed, summary = federation

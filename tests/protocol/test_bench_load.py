@@ -6,7 +6,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow  # two aggregator processes, each training its Scratch baseline
 def test_the_load_benchmark_measures_the_aggregator_side_by_side() -> None:
     done = subprocess.run([sys.executable, "-m", "bench.load", "--json", "--nodes", "3", "6", "--rounds", "1"],
                           capture_output=True, text=True, timeout=600)

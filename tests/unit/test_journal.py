@@ -57,7 +57,7 @@ def federation(run: Path, channel: InMemoryChannel, names: list[str], identity: 
                       journal=Journal(run / JOURNAL_FILE, identity))
 
 
-@pytest.mark.parametrize("crash_at", [2, 3, 4])
+@pytest.mark.parametrize("crash_at", [pytest.param(2, marks=pytest.mark.slow), 3, pytest.param(4, marks=pytest.mark.slow)])
 def test_a_run_resumed_after_a_crash_ends_with_the_students_of_a_run_without_one(
     tmp_path: Path, teachers: dict, crash_at: int
 ) -> None:
