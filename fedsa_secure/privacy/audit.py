@@ -94,8 +94,10 @@ def empirical_audit(run_dir: Path | None, ledgers: dict[str, Path] | None) -> di
 
 
 def _node_records(run_dir: Path | None, name: str) -> NodeData:
-    """The node's records, as its config in the run directory names them (its own file, or a built-in dataset)."""
-    config = run_dir / "config" / f"{name}.toml" if run_dir is not None else None
+    """The node's records, as its config names them (its own file, or a built-in dataset): the config in the run
+    directory (`demo`), or beside it (a `fedsa-secure new` federation directory holding the run directory)."""
+    places = [run_dir / "config" / f"{name}.toml", run_dir.parent / f"{name}.toml"] if run_dir is not None else []
+    config = next((place for place in places if place.exists()), places[0] if places else None)
     if config is None or not config.exists():
         raise LedgerError(
             f"the empirical audit replays {name}'s mechanism on {name}'s own records, and finds no config of {name} "

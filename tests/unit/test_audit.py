@@ -6,9 +6,10 @@ import re
 import pytest
 from opacus.accountants.analysis import rdp as opacus_rdp
 
+from fedsa_secure.data import node_data
 from fedsa_secure.errors import LedgerError
 from fedsa_secure.privacy import accounting, crosscheck
-from fedsa_secure.privacy.audit import run_audit
+from fedsa_secure.privacy.audit import _node_records, run_audit
 from fedsa_secure.privacy.crosscheck import epsilon_by
 from fedsa_secure.privacy.ledger import (
     GENESIS,
@@ -298,3 +299,15 @@ def test_a_charge_whose_update_the_student_never_used_is_reported(run, capsys):
     status, report = audit_json(run, capsys)
     assert status == 0 and node_report(report)["charged_not_used"] == [2]  # charged, not used: still within budget
     assert "<td>1 (2)</td>" in (run / "report.html").read_text()
+
+
+def test_the_canary_audit_finds_a_node_config_in_a_federation_directory(tmp_path):
+    """`fedsa-secure new DIR` keeps node configs beside the run directory (DIR/run): the audit finds them there too."""
+
+    (tmp_path / "node-2.toml").write_text('[node]\nname = "node-2"\naggregator = "127.0.0.1:1"\nstate_dir = "state/node-2"\n'
+                                          '[data]\ndataset = "digits"\n[tls]\nca_cert = "k/ca.pem"\ncert = "k/n.pem"\n'
+                                          'key = "k/n.key"\n')
+    found = _node_records(tmp_path / "run", "node-2")
+    assert found.name == "node-2" and (found.train.x == node_data("node-2", 0).train.x).all()
+    with pytest.raises(LedgerError, match="finds no config of node-3"):
+        _node_records(tmp_path / "run", "node-3")
