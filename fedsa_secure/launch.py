@@ -67,8 +67,8 @@ def launch(directory: Path, echo: TextIO = sys.stdout, startup_timeout: float = 
     summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
     # The privacy officer's report, from the ledgers the nodes wrote (`fedsa-secure audit` redoes it).
     states = sorted({Path(config.node.state_dir).parent.resolve() for config in nodes.values()})
-    ledgers = {name: path for parent in states for name, path in find_ledgers(parent).items()
-               if name.split("/")[0] in {Path(c.node.state_dir).name for c in nodes.values()}}
+    ours = {Path(config.node.state_dir).name for config in nodes.values()}
+    ledgers = {name: path for parent in states for name, path in find_ledgers(parent).items() if name.split("/")[0] in ours}
     report_json, report_html = write_report(run_dir, ledgers)
     report = json.loads(report_json.read_text())
     summary["report"] = str(report_html.resolve())

@@ -171,8 +171,7 @@ class Node:
         settings = DPSettings(target_epsilon=privacy.target_epsilon, delta=privacy.delta, planned_rounds=privacy.planned_rounds,
                               local_epochs=privacy.local_epochs, accountant=privacy.accountant)
         if data is None:
-            data = configured_records(name, config.data.records, config.data.dataset, config.data.seed,
-                                      labelled_by_teacher=config.teacher.file is not None)
+            data = configured_records(config)
         teacher, data = _teacher_source(config.teacher, data, settings)
         return cls(
             name, data, settings, seed=config.data.seed, teacher=teacher,

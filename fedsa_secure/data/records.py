@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fedsa_secure.checks import MAX_CLASSES
+from fedsa_secure.config import NodeConfig
 from fedsa_secure.data.digits import LabelledSet, NodeData
 from fedsa_secure.data.federations import federation
 from fedsa_secure.data.tasks import OWN_TASK
@@ -29,11 +30,13 @@ def load_records(source: Source, name: str, *, labelled_by_teacher: bool = False
     return NodeData(name, OWN_TASK, _read(source, "records", name, labels_required=not labelled_by_teacher))
 
 
-def configured_records(name: str, records: Source | None, dataset: str, seed: int, *, labelled_by_teacher: bool = False) -> NodeData:
-    """A node's records as its config's [data] names them: its own if given, else its share of a built-in dataset."""
-    if records is None:
-        return federation(dataset).node(name, seed)
-    return load_records(records, name, labelled_by_teacher=labelled_by_teacher)
+def configured_records(config: NodeConfig) -> NodeData:
+    """A node's records as its config's [data] names them: its own if given (labels optional with a teacher file), else
+    its share of a built-in dataset."""
+    name, data = config.node.name, config.data
+    if data.records is None:
+        return federation(data.dataset).node(name, data.seed)
+    return load_records(data.records, name, labelled_by_teacher=config.teacher.file is not None)
 
 
 def load_labelled(source: Source, what: str) -> LabelledSet:

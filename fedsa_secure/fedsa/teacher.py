@@ -311,9 +311,10 @@ def node_teacher(
     if recorded:
         digest = str(recorded[-1].get("teacher_sha256"))
         if isinstance(source, TrainTeacher):
-            if _recorded_teacher(state.teacher_file, digest, node, seed) is None and _pending(state).exists():
-                os.replace(_pending(state), state.teacher_file)  # charged, then the process died before it moved it
             trained = _recorded_teacher(state.teacher_file, digest, node, seed)
+            if trained is None and _pending(state).exists():
+                os.replace(_pending(state), state.teacher_file)  # charged, then the process died before it moved it
+                trained = _recorded_teacher(state.teacher_file, digest, node, seed)
             if trained is not None:
                 return trained
         elif state_digest(source.model.state_dict()).hex() == digest:

@@ -103,9 +103,7 @@ def _node_records(run_dir: Path | None, name: str) -> NodeData:
             f"the empirical audit replays {name}'s mechanism on {name}'s own records, and finds no config of {name} "
             f"({config}); run it where the node's records are"
         )
-    node = load_node_config(config)
-    return configured_records(name, node.data.records, node.data.dataset, node.data.seed,
-                              labelled_by_teacher=node.teacher.file is not None)
+    return configured_records(load_node_config(config))
 
 
 def format_text(report: dict[str, Any], written: tuple[Path, Path] | None) -> str:

@@ -126,8 +126,7 @@ class FederationServer:
     def stop(self, grace: float = 1.0) -> None:
         """Release held polls, then stop serving; in-flight calls get `grace` seconds to finish."""
         with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
+            self._stopping = True  # held polls see it when _wake_all wakes them
         if self._server is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake_all)
             asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result()
@@ -158,7 +157,6 @@ class FederationServer:
         with self._cond:
             self._outbox[node].append((self._next_seq, data))
             self._next_seq += 1
-            self._cond.notify_all()
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake, node)
 
