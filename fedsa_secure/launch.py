@@ -75,7 +75,7 @@ def launch(directory: Path, echo: TextIO = sys.stdout, startup_timeout: float = 
     summary["privacy_verified"] = report["verdict"]["ok"]
     summary["guarantee"] = guarantee_line(report)
     elsewhere = len(states) == 1 and states[0] != (run_dir / "nodes").resolve()  # audit's default: <run_dir>/nodes
-    summary["audit_command"] = f"fedsa-secure audit {run_dir}" + (f" --nodes {states[0]}" if elsewhere else "")
+    summary["audit_command"] = f"fedsa-secure audit {summary['run_dir']}" + (f" --nodes {states[0]}" if elsewhere else "")
     return summary
 
 
